@@ -1,0 +1,112 @@
+"""Multi-head attention with grouped K/V heads (MHA, GQA, MQA), optional QK-norm and biases.
+
+``n_kv_heads == n_heads`` is MHA, ``1`` is MQA (Shazeer 2019), anything between
+is GQA (Ainslie et al. 2023): each K/V head serves ``n_heads // n_kv_heads``
+query heads. The softmax core is shared with MLA and cross-attention through
+:func:`attend`, which has two implementations with equal outputs: torch's fused
+``scaled_dot_product_attention`` and the explicit eager formula.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmkit.config import ModelConfig
+from llmkit.model.norm import RMSNorm
+from llmkit.model.rope import apply_rope
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+           impl: str = "sdpa", dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v.
+
+    Args:
+        q: (B, H, T, Dk) queries.
+        k: (B, Hkv, S, Dk) keys; H must be a multiple of Hkv (grouped heads).
+        v: (B, Hkv, S, Dv) values.
+        mask: bool (B or 1, 1, T, S), True = may attend; None = plain causal with T == S.
+        scale: multiplier of the scores, usually Dk ** -0.5.
+        impl: "sdpa" (fused) or "eager" (explicit, returns identical values).
+        dropout: dropout probability on the attention weights.
+    Returns:
+        (B, H, T, Dv)
+    """
+    groups = q.shape[1] // k.shape[1]
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
+                                              scale=scale, enable_gqa=groups > 1)
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
+    if mask is None:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout).to(v.dtype)
+    return probs @ v
+
+
+class Attention(nn.Module):
+    """Causal self-attention; ``kv_cache`` is attached by ``CausalLM.setup_caches``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
+        self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
+        self.kv_cache = None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                mask: torch.Tensor | None, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim). ``input_pos`` (T,) are the cache slots when a cache is set up."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q = apply_rope(q, *rope, layout=self.cfg.rope_layout)
+            k = apply_rope(k, *rope, layout=self.cfg.rope_layout)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        dropout = self.cfg.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class CrossAttention(nn.Module):
+    """Attention from decoder states to an encoder's output (encoder-decoder models); no causal mask."""
+
+    def __init__(self, cfg: ModelConfig, memory_dim: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        memory_dim = memory_dim or cfg.dim
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
+        self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(memory_dim, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(memory_dim, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=cfg.o_bias)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, dim), memory (B, S, memory_dim), memory_mask (B, S) of 0/1 -> (B, T, dim)."""
+        b, t, _ = x.shape
+        s = memory.shape[1]
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(memory).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(memory).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if memory_mask is None:
+            mask = torch.ones(1, 1, t, s, dtype=torch.bool, device=x.device)
+        else:
+            mask = memory_mask.bool()[:, None, None, :].expand(b, 1, t, s)
+        dropout = self.cfg.attn_dropout if self.training else 0.0
+        y = attend(q, k, v, mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))

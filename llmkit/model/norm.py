@@ -1,0 +1,49 @@
+"""Normalisation layers, chosen by name through ``NORMS``.
+
+RMSNorm (Zhang & Sennrich 2019) rescales by the root mean square and has no
+bias; LayerNorm (Ba et al. 2016) also centres. Both compute in fp32 and cast
+back, as the reference LLaMA code does, so bf16 models stay stable.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float()
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), w.shape, w, b, self.eps).to(x.dtype)
+
+
+def build_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """A norm by name: ``rmsnorm`` or ``layernorm`` (``bias`` applies to LayerNorm only)."""
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps)
+    if kind == "layernorm":
+        return LayerNorm(dim, eps, bias)
+    raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(NORMS)}")
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
