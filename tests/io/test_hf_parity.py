@@ -10,7 +10,7 @@ transformers = pytest.importorskip("transformers")
 from llmkit import CausalLM  # noqa: E402
 
 BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=128, tie_word_embeddings=False)
+            max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.25)
 MLA = dict(kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=12, n_routed_experts=4,
            n_shared_experts=1, moe_intermediate_size=32, num_experts_per_tok=2, first_k_dense_replace=1)
 
@@ -114,3 +114,13 @@ def test_sharded_save_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(again(ids), ours(ids))
         assert (hf2(ids).logits - ours(ids)).abs().max().item() <= 1e-4
+
+
+def test_checkpoints_are_sensitive():
+    """Guard for the tests above: logits of these tiny models are O(1), so 1e-4 is a tight bound."""
+    import tempfile
+    from pathlib import Path
+
+    hf, _ = _hf_model("llama-gqa-tied", Path(tempfile.mkdtemp()))
+    with torch.no_grad():
+        assert hf(_ids()).logits.std().item() > 0.5
