@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tokenizers import pre_tokenizers
 
 from llmkit.tokenizer import Tokenizer
 
@@ -63,6 +66,16 @@ def hf_smollm2(smollm2_gguf: Path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
     return transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_digits(hf_smollm2):
+    """transformers' GGUF tokenizer with SmolLM2's original pre-tokenizer (digits isolated)."""
+    hf = copy.deepcopy(hf_smollm2)
+    hf.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    return hf
 
 
 @pytest.fixture(params=range(len(SAMPLES)), ids=lambda i: f"sample{i}")
