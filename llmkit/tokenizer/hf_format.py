@@ -1,16 +1,17 @@
 """The Hugging Face tokenizer layout: reading and writing it.
 
 A directory holds ``tokenizer.json`` (the whole ``tokenizers`` pipeline),
-``tokenizer_config.json`` (special-token names, BOS/EOS flags, chat template)
+``tokenizer_config.json`` (special-token names, chat template)
 and, in older checkpoints, ``special_tokens_map.json`` and
 ``chat_template.jinja``. We read all of them and write the first three, so
 ``transformers.AutoTokenizer`` loads what we save and encodes identically.
 
-BOS/EOS insertion follows transformers: when ``tokenizer_config.json`` sets
-``add_bos_token``/``add_eos_token`` (or ``tokenizer.json`` has no
-post-processor) the post-processor is rebuilt from those flags; otherwise the
-one in ``tokenizer.json`` is kept. We never write the flags, so the saved
-post-processor stays the single source of truth.
+BOS/EOS insertion is the post-processor in ``tokenizer.json``, alone: like
+transformers (5.x), we ignore ``add_bos_token``/``add_eos_token`` in
+``tokenizer_config.json`` whenever ``tokenizer.json`` exists (real
+checkpoints' ``tokenizer.json`` carries the BOS template), and never write
+them. A ``chat_template.jinja`` file takes priority over the config's entry,
+also as in transformers.
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as Backend
-
-from llmkit.tokenizer.backend import bos_eos_processor
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 
@@ -72,14 +71,6 @@ def load_hf(path: Path) -> tuple[Backend, dict[str, Any]]:
     legacy = _read_json(path / "special_tokens_map.json")
     kwargs: dict[str, Any] = {k: _token_content(config.get(k) or legacy.get(k)) for k in SPECIAL_KEYS}
     kwargs["chat_template"] = _chat_template(path, config)
-
-    if "add_bos_token" in config or "add_eos_token" in config or backend.post_processor is None:
-        def flagged(key: str) -> tuple[str, int] | None:
-            token = kwargs[f"{key}_token"]
-            tid = backend.token_to_id(token) if token is not None else None
-            return (token, tid) if config.get(f"add_{key}_token") and tid is not None else None
-
-        backend.post_processor = bos_eos_processor(flagged("bos"), flagged("eos"))
     return backend, kwargs
 
 
