@@ -71,6 +71,9 @@ def load_gguf(path: Path) -> tuple[Backend, dict[str, Any]]:
         raise ValueError(
             f"unsupported tokenizer.ggml.model {model!r} in {path}: only 'gpt2' (byte-level BPE) is supported"
         )
+    missing = [k for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges") if k not in meta]
+    if missing:
+        raise ValueError(f"{path} has a gpt2 tokenizer without {' and '.join(missing)}")
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     types: list[int] = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]

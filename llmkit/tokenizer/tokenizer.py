@@ -123,14 +123,17 @@ class Tokenizer:
 
     @property
     def bos_id(self) -> int | None:
+        """Id of ``bos_token`` (None if unset)."""
         return self._id(self.bos_token)
 
     @property
     def eos_id(self) -> int | None:
+        """Id of ``eos_token`` (None if unset)."""
         return self._id(self.eos_token)
 
     @property
     def pad_id(self) -> int | None:
+        """Id of ``pad_token`` (None if unset)."""
         return self._id(self.pad_token)
 
     # ---- encoding / decoding -------------------------------------------------------

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from tokenizers import pre_tokenizers
 
 from llmkit.tokenizer import Tokenizer
@@ -46,12 +45,13 @@ def smollm2_gguf() -> Path:
     if path.is_file():
         return path
     try:
+        from llmkit.fetch import FetchError
         from llmkit.io.pull import pull
     except ImportError:
         pytest.skip(f"{path} is missing and llmkit.io.pull is unavailable; run `llmkit pull smollm2-135m-instruct`")
     try:
         return Path(pull("smollm2-135m-instruct"))
-    except Exception as e:  # offline, registry down: a missing asset, not a failure
+    except (FetchError, OSError) as e:  # offline, registry down: a missing asset, not a failure
         pytest.skip(f"{path} is missing and pulling it failed: {e}")
 
 

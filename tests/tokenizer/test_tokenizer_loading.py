@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 
 from llmkit.tokenizer import Tokenizer
 
-gguf = pytest.importorskip("gguf")
 
-
-def _write_gguf(path: Path, tok: Tokenizer | None, model: str = "gpt2", pre: str = "llama-bpe") -> Path:
+def _write_gguf(
+    path: Path, tok: Tokenizer | None, model: str = "gpt2", pre: str = "llama-bpe", merges: bool = True
+) -> Path:
     """A weightless GGUF holding ``tok``'s vocabulary as llama.cpp's converter would write it."""
     writer = gguf.GGUFWriter(str(path), arch="llama")
     if tok is not None:
@@ -21,7 +22,8 @@ def _write_gguf(path: Path, tok: Tokenizer | None, model: str = "gpt2", pre: str
         writer.add_tokenizer_model(model)
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
-        writer.add_token_merges([" ".join(m) for m in spec["merges"]])
+        if merges:
+            writer.add_token_merges([" ".join(m) for m in spec["merges"]])
         writer.add_token_types([3 if t in tok.special_tokens else 1 for t in tokens])
         writer.add_bos_token_id(tok.token_to_id("<|im_start|>"))
         writer.add_eos_token_id(tok.eos_id)
@@ -104,10 +106,10 @@ def test_missing_files(tmp_path: Path) -> None:
         Tokenizer.from_pretrained(tmp_path)
 
 
-def test_corrupt_gguf(tmp_path: Path, smollm2_gguf: Path) -> None:
+def test_corrupt_gguf(trained: Tokenizer, tmp_path: Path) -> None:
+    whole = _write_gguf(tmp_path / "whole.gguf", trained).read_bytes()
     truncated = tmp_path / "truncated.gguf"
-    with open(smollm2_gguf, "rb") as f:
-        truncated.write_bytes(f.read(100_000))  # cut inside the token list
+    truncated.write_bytes(whole[: len(whole) // 2])  # cut inside the token list
     not_gguf = tmp_path / "text.gguf"
     not_gguf.write_text("hello, I am not a GGUF file")
     for path in (truncated, not_gguf):
@@ -120,6 +122,8 @@ def test_unsupported_gguf_tokenizer(trained: Tokenizer, tmp_path: Path) -> None:
         Tokenizer.from_pretrained(_write_gguf(tmp_path / "spm.gguf", trained, model="llama"))
     with pytest.raises(ValueError, match="unsupported pre-tokenizer 'mystery'.*gpt2"):
         Tokenizer.from_pretrained(_write_gguf(tmp_path / "pre.gguf", trained, pre="mystery"))
+    with pytest.raises(ValueError, match="gpt2 tokenizer without tokenizer.ggml.merges"):
+        Tokenizer.from_pretrained(_write_gguf(tmp_path / "nomerges.gguf", trained, merges=False))
     with pytest.raises(ValueError, match="holds no tokenizer"):
         Tokenizer.from_pretrained(_write_gguf(tmp_path / "empty.gguf", None))
 
