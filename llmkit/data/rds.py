@@ -3,16 +3,16 @@
 R packages ship their data sets as a *lazy-load database*: ``Rdata.rdx`` is an
 index (a serialised named list ``variables`` of ``c(offset, length)`` pairs)
 and ``Rdata.rdb`` holds each object as ``[4-byte big-endian length][zlib
-stream]`` of one serialised R value. The index itself is written by
-``saveRDS`` (gzip) in current R; older tools wrote it in the same
-length-prefixed zlib form as the objects, so both are accepted.
+stream]`` of one serialised R value. R writes the index with ``saveRDS``
+(gzip); an index in the objects' length-prefixed zlib form is accepted too.
 
 Only the XDR ("X\\n") format is read, and only the parts of the format that
 data objects use: vectors (logical, integer, double, complex, character, list,
 raw), pairlists and attributes, symbols and back-references, and the ALTREP
-compact sequences and wrappers R >= 3.5 writes for row names. Closures,
-environments and byte code raise :class:`RFormatError` -- a data reader has no
-use for them and a silently wrong answer would be worse than a clear refusal.
+compact sequences (``1:n``) and wrappers R >= 3.5 writes. Closures,
+environments, byte code and other ALTREP classes raise :class:`RFormatError`:
+a data reader has no use for them, and a silently wrong answer would be worse
+than a clear refusal.
 
 Values come back as :class:`RValue` (``None`` for ``NULL``): a type name, a
 Python list of elements (``None`` for ``NA``) and an attributes dict, which is
@@ -90,24 +90,24 @@ class _Reader:
         self.pos += n
         return chunk
 
-    def int(self) -> int:
+    def i32(self) -> int:
         return struct.unpack(">i", self.take(4))[0]
 
     def length(self) -> int:
-        n = self.int()
+        n = self.i32()
         if n == -1:  # long vector: two more ints, upper and lower 32 bits
             upper, lower = struct.unpack(">II", self.take(8))
             n = (upper << 32) | lower
         return n
 
     def item(self) -> Any:
-        flags = self.int()
+        flags = self.i32()
         kind, levels = flags & 0xFF, flags >> 12
         has_attr, has_tag = bool(flags & _HAS_ATTR), bool(flags & _HAS_TAG)
         if kind == _NILVALUE:
             return None
         if kind == _REFSXP:
-            index = flags >> 8 or self.int()
+            index = flags >> 8 or self.i32()
             return self.refs[index - 1]
         if kind in _SINGLETONS:
             return RValue("environment", _SINGLETONS[kind])
@@ -142,7 +142,7 @@ class _Reader:
             tags.append(tag.value if isinstance(tag, RValue) else None)
             if attrs is not None and len(out.value) == 1:
                 out.attributes = self.attributes(attrs)
-            flags = self.int()
+            flags = self.i32()
             kind = flags & 0xFF
             if kind not in _PAIRLIST_NAMES:
                 self.pos -= 4
@@ -160,7 +160,7 @@ class _Reader:
         return dict(zip(pairlist.names or [], pairlist.value))
 
     def charsxp(self, levels: int) -> str | None:
-        n = self.int()
+        n = self.i32()
         if n == -1:
             return None
         raw = self.take(n)
@@ -191,18 +191,11 @@ class _Reader:
             value = RValue("integer" if cls == "compact_intseq" else "double",
                            [int(v) for v in seq] if cls == "compact_intseq" else seq)
         elif cls.startswith("wrap_"):
-            value = state.value[0]  # list(original vector, metadata)
-        elif cls == "deferred_string":
-            arg = state.value[0]
-            value = RValue("character", [None if v is None else _format_number(v) for v in arg.value])
-        else:
+            value = state.value[0]  # pairlist(wrapped vector, metadata)
+        else:  # e.g. deferred_string: R formats its numbers itself, and a near miss would be silent
             raise RFormatError(f"unsupported ALTREP class {cls!r}")
         value.attributes = self.attributes(attrs)
         return value
-
-
-def _format_number(v: float | int) -> str:
-    return str(int(v)) if float(v).is_integer() else repr(v)
 
 
 def unserialize(data: bytes) -> RValue | None:
@@ -218,12 +211,12 @@ def unserialize(data: bytes) -> RValue | None:
         raise RFormatError(f"not XDR R serialisation data (starts with {data[:2]!r})")
     reader = _Reader(data)
     reader.pos = 2
-    version = reader.int()
+    version = reader.i32()
     if version not in (2, 3):
         raise RFormatError(f"unsupported R serialisation version {version}")
-    reader.int(), reader.int()  # writer's R version, minimal reader version
+    reader.i32(), reader.i32()  # writer's R version, minimal reader version
     if version == 3:
-        reader.take(reader.int())  # native encoding name, e.g. "UTF-8"
+        reader.take(reader.i32())  # native encoding name, e.g. "UTF-8"
     return reader.item()
 
 
@@ -231,15 +224,16 @@ def decompress_object(blob: bytes) -> bytes:
     """Decompress one lazy-load DB record: 4-byte big-endian length, then the stream.
 
     zlib is R's default; ``compress = 2`` / ``3`` records carry a type byte
-    (``'2'`` bzip2, ``'Z'`` xz, ``'0'`` stored) after the length.
+    (``'1'`` zlib, ``'2'`` bzip2, ``'Z'`` xz, ``'0'`` stored) after the length,
+    which a bare zlib stream (first byte 0x78) cannot be confused with.
     """
     if blob[:2] == b"\x1f\x8b":  # the index as saveRDS writes it
         return gzip.decompress(blob)
     size = struct.unpack(">I", blob[:4])[0]
     body = blob[4:]
-    if body[:1] in (b"2", b"Z", b"0"):
+    if body[:1] in (b"1", b"2", b"Z", b"0"):
         kind, body = body[:1], body[1:]
-        out = {b"2": bz2.decompress, b"Z": lzma.decompress, b"0": bytes}[kind](body)
+        out = {b"1": zlib.decompress, b"2": bz2.decompress, b"Z": lzma.decompress, b"0": bytes}[kind](body)
     else:
         out = zlib.decompress(body)
     if len(out) != size:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import lzma
 import struct
 import zlib
 
@@ -123,8 +124,19 @@ def test_read_lazyload_db(gzip_index):
     assert db["other"].as_dict()["int"].value == [1, None, 3]
 
 
-def test_decompress_object_checks_length():
+def test_unserialize_altrep_wrapper():
+    wrapped = (flags(238) + flags(2) + symbol("wrap_real") + flags(2) + symbol("base") + flags(2) + flags(13)
+               + i32(1, 14) + NIL  # info: pairlist(class, package, type)
+               + flags(2) + flags(14) + i32(2) + struct.pack(">2d", 0.5, 2.5)  # state: pairlist(x, meta)
+               + flags(2) + flags(13) + i32(2, 0, 0) + NIL + NIL)  # meta; no attributes
+    value = unserialize(header() + wrapped)
+    assert value.type == "double" and value.value == [0.5, 2.5]
+
+
+def test_decompress_object_checks_length_and_reads_typed_records():
     blob = record(b"abc")
     assert decompress_object(blob) == b"abc"
+    assert decompress_object(struct.pack(">I", 3) + b"Z" + lzma.compress(b"xyz")) == b"xyz"
+    assert decompress_object(struct.pack(">I", 3) + b"0xyz") == b"xyz"
     with pytest.raises(RFormatError, match="header says 4"):
         decompress_object(struct.pack(">I", 4) + blob[4:])
