@@ -2,9 +2,10 @@
 
 A conversation is a list of ``{"role", "content"}`` messages. The tokenizer
 renders it with its chat template and says which tokens the assistant wrote
-(``apply_chat_template(messages, tokenize=True, assistant_mask=True) -> (ids,
-mask)``); only those are trained on, so the model learns to answer, not to
-imitate users or the template.
+(``apply_chat_template(messages, add_generation_prompt=False, tokenize=True,
+assistant_mask=True) -> (ids, mask)``, no trailing assistant header since the
+reply is already there); only those are trained on, so the model learns to
+answer, not to imitate users or the template.
 
 Items use the same ``(x, y)`` convention as
 :class:`~llmkit.data.loader.PackedLoader`: ``y`` is already shifted (``y[t]``
@@ -33,10 +34,14 @@ Message = dict[str, str]
 class ChatTokenizer(Protocol):
     """What the datasets need from :class:`llmkit.tokenizer.Tokenizer`."""
 
-    def apply_chat_template(self, messages: list[Message], tokenize: bool = True,
-                            assistant_mask: bool = True) -> tuple[list[int], list[int]]:
-        """Token ids of the rendered conversation and a 0/1 mask of assistant-written tokens."""
+    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True,
+                            tokenize: bool = False, assistant_mask: bool = False) -> tuple[list[int], list[int]]:
+        """With ``tokenize`` and ``assistant_mask``: ids and a 0/1 mask of assistant-written tokens."""
         ...
+
+
+def _render(tokenizer: ChatTokenizer, messages: list[Message]) -> tuple[list[int], list[int]]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=True, assistant_mask=True)
 
 
 def shift_and_mask(ids: list[int], mask: list[int], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +77,7 @@ class SFTDataset(Dataset):
         self.items: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.skipped = 0
         for messages in conversations:
-            ids, mask = tokenizer.apply_chat_template(messages, tokenize=True, assistant_mask=True)
-            x, y = shift_and_mask(ids, mask, max_len)
+            x, y = shift_and_mask(*_render(tokenizer, messages), max_len)
             if (y != IGNORE_INDEX).any():
                 self.items.append((x, y))
             else:
@@ -121,7 +125,7 @@ class PreferenceDataset(Dataset):
             item = {}
             for key in ("chosen", "rejected"):
                 messages = prompt + [{"role": "assistant", "content": ex[key]}]
-                ids, mask = tokenizer.apply_chat_template(messages, tokenize=True, assistant_mask=True)
+                ids, mask = _render(tokenizer, messages)
                 item[key] = shift_and_mask(ids, _last_turn(mask), max_len)
             if all((y != IGNORE_INDEX).any() for _, y in item.values()):
                 self.items.append(item)

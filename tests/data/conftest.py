@@ -18,18 +18,22 @@ class ByteChatTokenizer:
 
     A message renders as ``<role id> content bytes <END>``; the assistant mask
     covers an assistant message's content and its ``<END>``, as a real chat
-    template's generation mask does.
+    template's generation mask does. Like the real one, it appends an open
+    assistant header unless ``add_generation_prompt=False``.
     """
 
     ROLES = {"system": 256, "user": 257, "assistant": 258}
     END = 259
 
-    def apply_chat_template(self, messages, tokenize=True, assistant_mask=True):
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, assistant_mask=False):
+        assert tokenize and assistant_mask, "the datasets always ask for ids and the mask"
         ids, mask = [], []
         for m in messages:
             body = list(m["content"].encode()) + [self.END]
             ids += [self.ROLES[m["role"]]] + body
             mask += [0] + [int(m["role"] == "assistant")] * len(body)
+        if add_generation_prompt:
+            ids, mask = ids + [self.ROLES["assistant"]], mask + [0]
         return ids, mask
 
 

@@ -1,6 +1,7 @@
 """SFT label masking, padding, and the preference dataset, with a byte-level chat tokenizer."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmkit.data.loader import IGNORE_INDEX
@@ -17,9 +18,11 @@ def targets(y: torch.Tensor) -> bytes:
 
 
 def test_sft_targets_only_assistant_tokens(chat_tokenizer):
-    ids, mask = chat_tokenizer.apply_chat_template(CONV)
+    ids, mask = chat_tokenizer.apply_chat_template(CONV, add_generation_prompt=False, tokenize=True,
+                                                   assistant_mask=True)
     (x, y), = SFTDataset([CONV], chat_tokenizer, max_len=1024)
     assert torch.equal(x, torch.tensor(ids[:-1])) and len(y) == len(x)
+    assert ids[-1] == chat_tokenizer.END  # no open assistant header after the final reply
     assert targets(y) == b"HelloKit"
     supervised = y != IGNORE_INDEX
     assert torch.equal(y[supervised], torch.tensor(ids[1:])[supervised])
@@ -63,3 +66,12 @@ def test_preference_dataset_skips_truncated_replies(chat_tokenizer):
     examples = [{"prompt": "q" * 40, "chosen": "yes", "rejected": "no"}]
     ds = PreferenceDataset(examples, chat_tokenizer, max_len=20)
     assert len(ds) == 0 and ds.skipped == 1
+
+
+def test_sft_with_the_llmkit_tokenizer():
+    tokenizer_module = pytest.importorskip("llmkit.tokenizer")
+    tok = tokenizer_module.Tokenizer.train(["Hello there. General Kenobi!"] * 20, vocab_size=300)
+    conv = [{"role": "user", "content": "Hello there."}, {"role": "assistant", "content": "General Kenobi!"}]
+    (x, y), = SFTDataset([conv], tok, max_len=256)
+    reply = tok.decode([t for t in y.tolist() if t != IGNORE_INDEX])
+    assert reply.startswith("General Kenobi!") and "Hello" not in reply
