@@ -1,0 +1,158 @@
+"""peft's adapter file format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+A saved tensor is named ``base_model.model.<module path>.<adapter tensor>``,
+with peft's adapter tensor names (``lora_A.weight``, ``lora_B.weight``,
+``lora_magnitude_vector`` for DoRA, ``lora_embedding_A``/``_B``, ``ia3_l``).
+The wrappers in ``lora.py`` and ``ia3.py`` use exactly those parameter names,
+so saving is a prefix and loading a strip. Because llmkit's module paths are
+transformers' (``model.layers.N.self_attn.q_proj``), an adapter saved here
+loads with ``peft.PeftModel.from_pretrained`` on the equivalent transformers
+model, and one peft saved loads here.
+
+Loading wraps exactly the modules named in the tensor file (peft wraps by
+``target_modules``; a targeted module without tensors would be an identity
+adapter, so the outputs agree) and reads each LoRA rank from its tensor
+shape, which also covers peft's ``rank_pattern``. Settings this format can
+express but llmkit does not implement raise ValueError by name. Embedding
+base weights that peft saves beside an embedding adapter
+(``save_embedding_layers``) are skipped: they are the base model's own.
+
+A PiSSA adapter pairs with its residual base weights (the principal part moved
+into A and B), as in peft: save the base model too, or merge before export.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from llmkit.io.atomic import atomic_path, atomic_write_text
+from llmkit.io.errors import CheckpointError
+from llmkit.peft.apply import wrap_lora
+from llmkit.peft.base import adapters, freeze_all_but_adapters, inside_adapter, name_matches, replace_module
+from llmkit.peft.ia3 import IA3Linear
+from llmkit.peft.lora import LoRALayer
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+# peft config fields that change the math; anything but these values is refused on load
+_UNSUPPORTED = {"bias": "none", "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None,
+                "alpha_pattern": {}, "use_qalora": False, "lora_bias": False, "layer_replication": None}
+
+
+def _targets(model: nn.Module, paths: list[str]) -> list[str] | str:
+    """The shortest peft ``target_modules`` selecting exactly ``paths``: leaf names, else a path regex."""
+    leaves = {p.rsplit(".", 1)[-1] for p in paths}
+    inner = inside_adapter(model)
+    same_leaf = {n for n, _ in model.named_modules() if n and n not in inner and n.rsplit(".", 1)[-1] in leaves}
+    if same_leaf == set(paths):
+        return sorted(leaves)
+    return "(?:" + "|".join(re.escape(p) for p in paths) + ")"
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> None:
+    """Write the model's LoRA/DoRA or IA3 adapters in peft's format.
+
+    Args:
+        model: a model with adapters from ``apply_lora`` (one shared r/alpha/variant) or ``apply_ia3``.
+        directory: created if missing; existing adapter files are replaced atomically.
+    """
+    found = list(adapters(model))
+    loras = [(n, a) for n, a in found if isinstance(a, LoRALayer)]
+    ia3s = [(n, a) for n, a in found if isinstance(a, IA3Linear)]
+    if len(loras) + len(ia3s) != len(found) or (loras and ia3s) or not found:
+        kinds = sorted({type(a).__name__ for _, a in found}) or ["none"]
+        raise TypeError(f"peft's format holds one LoRA-family or IA3 adapter per file; this model has {kinds}")
+    paths = [n for n, _ in found]
+    if loras:
+        settings = {(a.r, a.lora_alpha, a.use_rslora, getattr(a, "use_dora", False),
+                     getattr(getattr(a, "lora_dropout", None), "p", 0.0)) for _, a in loras}
+        if len(settings) > 1:
+            raise ValueError(f"adapters with different (r, alpha, rslora, dora, dropout) {sorted(settings)} "
+                             "cannot share one adapter_config.json")
+        r, alpha, rslora, dora, dropout = settings.pop()
+        config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": rslora,
+                  "use_dora": dora, "init_lora_weights": True}
+    else:
+        ff = [n for n, a in ia3s if a.feedforward]
+        config = {"peft_type": "IA3", "feedforward_modules": _targets(model, ff) if ff else [],
+                  "init_ia3_weights": True}
+    config |= {"target_modules": _targets(model, paths), "task_type": None, "base_model_name_or_path": None,
+               "inference_mode": True, "bias": "none", "fan_in_fan_out": False, "modules_to_save": None}
+    tensors = {f"{PREFIX}{path}.{name}": p.detach().contiguous()
+               for path, a in found for name, p in a.adapter_parameters()}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
+
+
+def _read(directory: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The config and the tensors grouped by module path."""
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text())
+        with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
+            flat = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{directory} is not a peft adapter directory: {e}") from e
+    grouped: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, t in flat.items():
+        if not key.startswith(PREFIX):
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: tensor {key} lacks the {PREFIX!r} prefix")
+        match = re.match(r"(.+?)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector|lora_embedding_[AB]|ia3_l"
+                         r"|base_layer\.weight)$", key[len(PREFIX):])
+        if match is None:
+            raise CheckpointError(f"{directory / WEIGHTS_NAME}: unrecognised adapter tensor {key}")
+        if match.group(2) != "base_layer.weight":
+            grouped[match.group(1)][match.group(2)] = t
+    return config, grouped
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Wrap ``model``'s modules with the adapters saved in ``directory`` (by llmkit or peft) and load them.
+
+    Args:
+        model: the base model the adapter was trained on (same module paths).
+        directory: holds ``adapter_config.json`` and ``adapter_model.safetensors``.
+    Returns:
+        ``model``, modified in place, with only adapter parameters trainable.
+    """
+    directory = Path(directory)
+    config, grouped = _read(directory)
+    kind = config.get("peft_type")
+    if kind not in ("LORA", "IA3"):
+        raise ValueError(f"{directory}: peft_type={kind!r}; llmkit loads LORA and IA3 adapters")
+    for field, ok in _UNSUPPORTED.items():
+        if config.get(field) and config[field] != ok:
+            raise ValueError(f"{directory}: {field}={config[field]!r} is not supported")
+    for path, tensors in grouped.items():
+        try:
+            base = model.get_submodule(path)
+        except AttributeError:
+            raise CheckpointError(f"{directory}: the adapter targets {path}, which this model lacks") from None
+        if kind == "IA3":
+            wrapper = IA3Linear(base, name_matches(path, config.get("feedforward_modules") or []))
+        else:
+            a = tensors.get("lora_A.weight", tensors.get("lora_embedding_A"))
+            wrapper = wrap_lora(base, a.shape[0], config["lora_alpha"], config.get("lora_dropout", 0.0),
+                                config.get("use_rslora", False), "lora_magnitude_vector" in tensors)
+        own = dict(wrapper.adapter_parameters())
+        if set(own) != set(tensors):
+            raise CheckpointError(f"{directory}: {path} has tensors {sorted(tensors)}, expected {sorted(own)}")
+        with torch.no_grad():
+            for name, t in tensors.items():
+                if own[name].shape != t.shape:
+                    raise CheckpointError(f"{directory}: {path}.{name} has shape {tuple(t.shape)}, "
+                                          f"the model needs {tuple(own[name].shape)}")
+                own[name].copy_(t)
+        replace_module(model, path, wrapper)
+    freeze_all_but_adapters(model)
+    return model
