@@ -79,13 +79,13 @@ def save_adapter(model: nn.Module, directory: str | Path) -> None:
                              "cannot share one adapter_config.json")
         r, alpha, rslora, dora, dropout = settings.pop()
         config = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "use_rslora": rslora,
-                  "use_dora": dora, "init_lora_weights": True}
+                  "use_dora": dora, "init_lora_weights": True, "bias": "none"}
     else:
         ff = [n for n, a in ia3s if a.feedforward]
         config = {"peft_type": "IA3", "feedforward_modules": _targets(model, ff) if ff else [],
                   "init_ia3_weights": True}
     config |= {"target_modules": _targets(model, paths), "task_type": None, "base_model_name_or_path": None,
-               "inference_mode": True, "bias": "none", "fan_in_fan_out": False, "modules_to_save": None}
+               "inference_mode": True, "fan_in_fan_out": False, "modules_to_save": None}
     tensors = {f"{PREFIX}{path}.{name}": p.detach().contiguous()
                for path, a in found for name, p in a.adapter_parameters()}
     directory = Path(directory)
