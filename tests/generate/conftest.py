@@ -62,6 +62,21 @@ class ScriptedLM(CausalLM):
         return logits
 
 
+@pytest.fixture
+def scripted():
+    """``scripted(tokenizer, prompts, outputs)``: a ScriptedLM answering each prompt with its output text, then EOS."""
+    from llmkit.generate.prompts import encode_prompts
+
+    def build(tokenizer: Tokenizer, prompts, outputs: list[str]) -> ScriptedLM:
+        rows, _ = encode_prompts(tokenizer, prompts)
+        scripts = [tokenizer.encode(o, add_special_tokens=False) + [tokenizer.eos_id] for o in outputs]
+        n = max(map(len, scripts))
+        script = torch.tensor([s + [tokenizer.eos_id] * (n - len(s)) for s in scripts])
+        return ScriptedLM(tokenizer.vocab_size, script, max(map(len, rows))).eval()
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
     """A small byte-level BPE with ChatML markers (EOS = <|endoftext|>)."""
