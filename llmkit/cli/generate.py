@@ -1,0 +1,113 @@
+"""``llmkit generate``: complete a prompt, streaming the text to the terminal as it is generated.
+
+The flags shared with ``llmkit chat`` (model, dtype, sampling) live in
+:class:`GenerationArgs`; both verbs load through :func:`load`. The temperature
+defaults to 0.7 for sampling, and to 0 (greedy) with ``--num_beams > 1``,
+since beam search does not sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_TEMPERATURE = 0.7
+
+
+@dataclass
+class GenerationArgs:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "model name, HF directory or .gguf file"})
+    dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "weight dtype"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow first call)"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens to generate at most"})
+    temperature: float | None = field(default=None, metadata={
+        "help": f"sampling temperature, 0 = greedy (default {DEFAULT_TEMPERATURE}; 0 with --num_beams > 1)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0 = off)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass in (0, 1] (1 = off)"})
+    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p * max probability (0 = off)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty on repeated tokens (1 = off)"})
+    presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI presence penalty in [-2, 2]"})
+    frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI frequency penalty in [-2, 2]"})
+    stop: list[str] = field(default_factory=list, metadata={"help": "comma-separated stop strings"})
+    seed: int | None = field(default=None, metadata={"help": "random seed for reproducible sampling"})
+
+    def default_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`llmkit.generate.generate` these flags set."""
+        temperature = self.default_temperature() if self.temperature is None else self.temperature
+        return dict(max_new_tokens=self.max_new_tokens, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
+                    min_p=self.min_p, repetition_penalty=self.repetition_penalty,
+                    presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                    stop=self.stop or None, seed=self.seed, compile=self.compile)
+
+    def validate(self) -> None:
+        from llmkit.generate import SamplingParams
+
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        kw = self.sampling_kwargs()
+        try:
+            SamplingParams(*(kw[k] for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                                             "presence_penalty", "frequency_penalty"))).validate()
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None
+
+
+@dataclass
+class Args(GenerationArgs):
+    prompt: str = field(default="", metadata={"help": "the text to complete"})
+    num_beams: int = field(default=1, metadata={"help": "beam search width (1 = sampling / greedy)"})
+    length_penalty: float = field(default=1.0, metadata={"help": "beam search: score / length ** this"})
+
+    def default_temperature(self) -> float:
+        return 0.0 if self.num_beams > 1 else DEFAULT_TEMPERATURE
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_beams < 1:
+            raise ValueError(f"--num_beams must be >= 1, got {self.num_beams}")
+        if self.num_beams > 1 and self.sampling_kwargs()["temperature"] > 0:
+            raise ValueError("--num_beams > 1 does not sample: drop --temperature or set it to 0")
+
+
+def load(args: GenerationArgs):
+    """(model, tokenizer) for the flags: name/path, dtype, optional adapter; on CUDA when available."""
+    import torch
+
+    from llmkit.cli.args import UsageError
+    from llmkit.generate import load_model_and_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
+    if args.adapter:
+        try:
+            from llmkit.peft import load_adapter
+        except ImportError:
+            raise UsageError("--adapter needs llmkit.peft.load_adapter, which this installation lacks") from None
+        if not Path(args.adapter).is_dir():
+            raise UsageError(f"--adapter: no such directory {args.adapter}")
+        model = load_adapter(model, args.adapter).eval()
+    return model, tokenizer
+
+
+def run(args: Args) -> int:
+    from llmkit.cli.args import UsageError
+    from llmkit.generate import generate
+
+    if not args.prompt:
+        raise UsageError("give a prompt: llmkit generate --prompt TEXT")
+    model, tokenizer = load(args)
+    kwargs = args.sampling_kwargs()
+    if args.num_beams > 1:
+        out = generate(model, tokenizer, args.prompt, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                       **kwargs)
+        print(out.text)
+        return 0
+    for delta in generate(model, tokenizer, args.prompt, stream=True, **kwargs):
+        print(delta, end="", flush=True)
+    print()
+    return 0
