@@ -26,11 +26,12 @@ Prediction, per method (fp32, N parameters, B x T tokens per step):
   weight (NF4 + fp8 absmax + fp32 second-level scale).
 - activations, 4 bytes x B x T x values-per-token:
   per layer, full 9d + 2k + 4f, LoRA/QLoRA on all linears 7d + 2k + 4f + 7r
-  (frozen norm weights keep no normalised copy), prefix 4d + 2k + 3f + 2hS
-  (frozen linears keep no input, but the masked attention the prefix needs
-  keeps its probabilities); plus 4V for the loss head (logits, fp32
-  log-softmax, their two gradients). d = width, k = K/V width, f = MLP width,
-  r = rank, h = heads, S = attended length, V = vocabulary.
+  (frozen norm weights keep no normalised copy), prefix 4d + 2k(T+n)/T + 3f
+  (frozen linears keep no input; attention keeps the n + T cached keys and
+  values, and torch's CPU flash kernel takes the mask, so no T x S
+  probabilities); plus 4V for the loss head (logits, fp32 log-softmax, their
+  two gradients). d = width, k = K/V width, f = MLP width, r = rank,
+  n = prefix length, V = vocabulary.
 
 Machine note: CPU timings on a shared machine vary with what else runs; the
 peft row runs in the same invocation so the comparison is like for like. The
@@ -84,13 +85,13 @@ class PeakRSS:
 def _predict(cfg, method: str, batch: int, seq: int, n_total: int, n_linear: int, n_trainable: int, r: int,
              n_prefix: int) -> tuple[float, float]:
     """(static bytes, activation bytes) by the formula in the module docstring."""
-    d, k, f, h, v = cfg.dim, cfg.kv_heads * cfg.head_size, cfg.ffn_dim, cfg.n_heads, cfg.vocab_size
+    d, k, f, v = cfg.dim, cfg.kv_heads * cfg.head_size, cfg.ffn_dim, cfg.vocab_size
     frozen = n_total - n_trainable
     if method == "qlora":
         static = 4 * (frozen - n_linear) + (0.5 + 1 / 64 + 4 / (64 * 256)) * n_linear + 16 * n_trainable
     else:
         static = 4 * frozen + 16 * n_trainable
-    per_layer = {"full": 9 * d + 2 * k + 4 * f, "prefix": 4 * d + 2 * k + 3 * f + 2 * h * (seq + n_prefix)}
+    per_layer = {"full": 9 * d + 2 * k + 4 * f, "prefix": 4 * d + 2 * k * (seq + n_prefix) / seq + 3 * f}
     layer = per_layer.get(method, 7 * d + 2 * k + 4 * f + 7 * r)
     return static, 4.0 * batch * seq * (cfg.n_layers * layer + 4 * v)
 
