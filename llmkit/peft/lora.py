@@ -199,6 +199,8 @@ class LoRAEmbedding(LoRALayer):
 
     Init is peft's for embeddings (A = 0, B ~ N(0, 1)), which is still the identity at
     the start; there is no dropout (ids cannot be dropped out), DoRA or PiSSA here.
+    When the output head shares this weight (tied embeddings), merging changes the head
+    too, as it does in peft; keep the adapter unmerged to adapt the input side only.
     """
 
     def __init__(self, base_layer: nn.Embedding, r: int = 8, alpha: float = 16, use_rslora: bool = False):
