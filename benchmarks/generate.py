@@ -1,0 +1,176 @@
+"""Generation speed on SmolLM2-135M-Instruct: llmkit vs transformers ``generate`` (and llama.cpp when installed).
+
+All engines load the same GGUF file: llmkit and transformers dequantise it to
+fp32 (and cast to bf16 for the bf16 rows); llama-cpp-python, if installed,
+runs the Q4_1 weights natively, so its rows compare engines, not dtypes.
+Measured, each as the best of ``--repeats`` runs, greedy, EOS disabled so
+every run generates exactly the requested tokens:
+
+- TTFT: time to the first token for a 512-token prompt, batch 1 (prefill + one token);
+- decode b1: tokens/s after that prompt, ``(t(1 + N tokens) - t(1 token)) / N``;
+- decode b8: aggregate tokens/s of 8 rows with 64-token prompts, same differencing.
+
+"llmkit" is the eager loop; "llmkit+compile" compiles the decode step (its
+one-off compile time is printed, not counted). Ratios are llmkit's best row
+over the other engine (> 1 = llmkit faster; for TTFT, their time over ours).
+
+    .venv/bin/python benchmarks/generate.py [--quick] [--threads N] [--no-compile] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+Run = Callable[[torch.Tensor, int], None]  # generate exactly n tokens for every row of (B, T) prompt ids
+
+
+def _best(fn: Callable[[], None], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(run: Run, long_prompt: torch.Tensor, batch: torch.Tensor, n: int, repeats: int) -> tuple[float, ...]:
+    """(TTFT ms, decode b1 tok/s, decode b8 tok/s) of one engine; b8 is NaN if it has no batch path."""
+    run(long_prompt, 2)  # warm-up (and compilation of the decode step)
+    ttft = _best(lambda: run(long_prompt, 1), repeats)
+    b1 = n / (_best(lambda: run(long_prompt, n + 1), repeats) - ttft)
+    try:
+        run(batch, 2)
+    except NotImplementedError:
+        return ttft * 1e3, b1, float("nan")
+    first = _best(lambda: run(batch, 1), repeats)
+    b8 = batch.shape[0] * n / (_best(lambda: run(batch, n + 1), repeats) - first)
+    return ttft * 1e3, b1, b8
+
+
+def llmkit_engine(model, compile: bool) -> Run:
+    from llmkit.generate import generate_tokens
+
+    def run(ids: torch.Tensor, n: int) -> None:
+        out = generate_tokens(model, ids, max_new_tokens=n, compile=compile)  # no stop ids: exactly n tokens
+        assert all(len(t) == n for t in out.token_ids)
+
+    return run
+
+
+def transformers_engine(path, dtype: torch.dtype) -> Run:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).to(dtype).eval()
+    hf.generation_config.eos_token_id = None  # never stop early
+    hf.generation_config.pad_token_id = 0
+
+    @torch.inference_mode()
+    def run(ids: torch.Tensor, n: int) -> None:
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+        assert out.shape[1] == ids.shape[1] + n
+
+    return run
+
+
+def llama_cpp_engine(path, threads: int) -> Run | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=threads, verbose=False)
+    no_eos = {llm.token_eos(): float("-inf")}
+
+    def run(ids: torch.Tensor, n: int) -> None:
+        if ids.shape[0] != 1:
+            raise NotImplementedError("llama-cpp-python generates one sequence at a time")
+        llm.reset()  # no prefix reuse between runs
+        llm.create_completion(ids[0].tolist(), max_tokens=n, temperature=0.0, logit_bias=no_eos)
+
+    return run
+
+
+def profile_decode(model, prompt: torch.Tensor, n: int) -> None:
+    """Where eager decode time goes after ``prompt``: the top ops by self CPU time (prefill excluded)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llmkit.generate import TokenStream
+
+    steps = iter(TokenStream(model, prompt, max_new_tokens=n + 1))
+    next(steps)  # prefill and first token, outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in steps:
+            pass
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+    for label, keys in [("matmuls", ("aten::mm", "aten::addmm", "aten::bmm")),
+                        ("attention", ("aten::_scaled_dot_product_flash_attention_for_cpu",))]:
+        share = sum(e.self_cpu_time_total for e in events if e.key in keys)
+        print(f"{label}: {100 * share / total:.0f}% of self CPU time over {n} decode steps after {prompt.shape[1]} tokens")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="32 new tokens and 1 repeat instead of 128 and 3")
+    ap.add_argument("--threads", type=int, default=0, help="torch (and llama.cpp) threads; 0 = torch default")
+    ap.add_argument("--no-compile", action="store_true", help="skip the llmkit+compile rows (saves compile time)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of fp32,bf16")
+    ap.add_argument("--profile", action="store_true", help="also profile an eager fp32 decode")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    n, repeats = (32, 1) if args.quick else (128, 3)
+
+    from llmkit.generate import load_model_and_tokenizer
+    from llmkit.io.pull import resolve_model
+
+    path = resolve_model("smollm2-135m-instruct")
+    gen = torch.Generator().manual_seed(0)
+    long_prompt = torch.randint(100, 40_000, (1, 512), generator=gen)
+    batch = torch.randint(100, 40_000, (8, 64), generator=gen)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"SmolLM2-135M-Instruct ({path.name}) on {device}, {threads} threads, torch {torch.__version__}; "
+          f"{n} new tokens, best of {repeats}")
+
+    rows: dict[tuple[str, str], tuple[float, ...]] = {}
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
+        model, _ = load_model_and_tokenizer(path, dtype=dtype, device=device)
+        if args.profile and name == "fp32":
+            profile_decode(model, long_prompt, 16)
+        rows[name, "llmkit"] = measure(llmkit_engine(model, False), long_prompt, batch, n, repeats)
+        if not args.no_compile:
+            start = time.perf_counter()
+            llmkit_engine(model, True)(long_prompt, 2)
+            print(f"[{name}] compiling the batch-1 decode step took {time.perf_counter() - start:.0f} s (batch 8 compiles again)")
+            rows[name, "llmkit+compile"] = measure(llmkit_engine(model, True), long_prompt, batch, n, repeats)
+        del model
+        rows[name, "transformers"] = measure(transformers_engine(path, dtype), long_prompt, batch, n, repeats)
+    cpp = llama_cpp_engine(path, threads)
+    if cpp is not None:
+        rows["q4_1", "llama.cpp"] = measure(cpp, long_prompt, batch, n, repeats)
+
+    header = f"{'dtype':<6} {'engine':<16} {'TTFT b1 (ms)':>13} {'decode b1 (tok/s)':>18} {'decode b8 (tok/s)':>18}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for (dtype, engine), (ttft, b1, b8) in rows.items():
+        print(f"{dtype:<6} {engine:<16} {ttft:>13.0f} {b1:>18.1f} {b8:>18.1f}")
+    if cpp is None:
+        print(f"{'q4_1':<6} {'llama.cpp':<16} skipped: llama-cpp-python is not installed")
+    print("\nratios, llmkit's best row / other (> 1 = llmkit faster)")
+    for name in args.dtypes.split(","):
+        ours = [v for (d, e), v in rows.items() if d == name and e.startswith("llmkit")]
+        best = (min(v[0] for v in ours), max(v[1] for v in ours), max(v[2] for v in ours))
+        others = [(e, v) for (d, e), v in rows.items() if not e.startswith("llmkit") and d in (name, "q4_1")]
+        for engine, (ttft, b1, b8) in others:
+            print(f"  {name} vs {engine:<13} TTFT x{ttft / best[0]:.2f}   decode b1 x{best[1] / b1:.2f}   "
+                  f"decode b8 x{best[2] / b8:.2f}")
+
+
+if __name__ == "__main__":
+    main()
