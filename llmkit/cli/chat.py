@@ -51,6 +51,19 @@ def _command(line: str, history: list[dict], system: str | None, interactive: bo
     return system
 
 
+def load_for_chat(args: Args):
+    """Load the model and check that it can chat (its tokenizer renders conversations)."""
+    from llmkit.cli.args import UsageError
+    from llmkit.cli.generate import load
+
+    model, tokenizer = load(args)
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    except ValueError as e:
+        raise UsageError(f"{args.model} cannot chat: {e}") from None
+    return model, tokenizer
+
+
 def run(args: Args) -> int:
     from llmkit.generate import generate
 
@@ -70,29 +83,17 @@ def run(args: Args) -> int:
             continue
         user = {"role": "user", "content": line}
         messages = ([{"role": "system", "content": system}] if system else []) + history + [user]
-        reply = ""
+        reply, interrupted = "", False
         try:
             for delta in generate(model, tokenizer, messages, stream=True, **kwargs):
                 print(delta, end="", flush=True)
                 reply += delta
         except KeyboardInterrupt:  # stop this reply, keep the session
-            pass
+            interrupted = True
         except ValueError as e:  # the conversation no longer fits the context
             print(f"error: {e}; /reset starts a new conversation", file=sys.stderr)
             continue
         print(flush=True)
-        history += [user, {"role": "assistant", "content": reply}]
+        if reply or not interrupted:  # a reply stopped before its first word leaves no turn behind
+            history += [user, {"role": "assistant", "content": reply}]
     return 0
-
-
-def load_for_chat(args: Args):
-    """Load the model and check that it can chat (its tokenizer renders conversations)."""
-    from llmkit.cli.args import UsageError
-    from llmkit.cli.generate import load
-
-    model, tokenizer = load(args)
-    try:
-        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
-    except ValueError as e:
-        raise UsageError(f"{args.model} cannot chat: {e}") from None
-    return model, tokenizer

@@ -6,7 +6,11 @@ on top of the model forward:
 
 - the KV cache is allocated once per generation shape (``setup_caches``) and
   kept on the model; a later call with the same batch and length bucket
-  reuses it, and so reuses the compiled step, which is specialised to it;
+  reuses it, and so reuses the compiled step, which is specialised to it.
+  Buckets are powers of two from 256: a chat whose history grows recompiles
+  a handful of times rather than every few turns, at the price of attending
+  over up to twice the slots needed (small next to reading the weights,
+  except for long contexts);
 - the prompt is prefilled in one forward (eager: its length varies);
 - each decode step (forward + logits processing + token choice) is one
   compiled function of static shapes: the (B, S) attention mask is built
@@ -33,7 +37,7 @@ from llmkit.generate.sampling import SamplingParams, gumbel_noise, process_logit
 from llmkit.model import CausalLM
 
 FinishReason = Literal["stop", "length"]
-CACHE_BUCKET = 256  # cache lengths are rounded up to this, so nearby lengths share one compiled step
+MIN_CACHE = 256  # smallest cache length; lengths are rounded up to powers of two from here
 
 
 @dataclass
@@ -63,13 +67,14 @@ def check_context(model: CausalLM, prompt_len: int, max_new_tokens: int) -> int:
 def setup_cache(model: CausalLM, batch: int, length: int) -> int:
     """Make sure the model has a static cache for ``batch`` rows of at least ``length`` slots.
 
-    The length is rounded up to :data:`CACHE_BUCKET` (within the model's context), and an
-    existing cache of exactly that shape and the model's dtype is kept.
+    The length is rounded up to a power of two >= :data:`MIN_CACHE` (within the model's
+    context), and an existing cache of exactly that shape and the model's dtype is kept.
 
     Returns:
         The cache length S.
     """
-    size = max(length, min(-(-length // CACHE_BUCKET) * CACHE_BUCKET, model.cfg.max_seq_len))
+    bucket = max(MIN_CACHE, 1 << (length - 1).bit_length())
+    size = max(length, min(bucket, model.cfg.max_seq_len))
     cache = model.model.layers[0].self_attn.kv_cache
     first = next(cache.buffers()) if cache is not None else None
     if first is None or (first.shape[0], model.cache_len, first.dtype) != (batch, size, model.lm_head.weight.dtype):
