@@ -19,8 +19,9 @@ hypotheses and its best running beam, scored at the current length (or, for
 ``early_stopping="never"`` with a positive length penalty, at the longest
 length still reachable), is no better than the worst finished one. With
 ``early_stopping=True`` a prompt is done as soon as it has ``n`` finished
-hypotheses. These are the rules of transformers' ``_beam_search`` (v4.50+),
-so the best hypothesis equals ``generate(num_beams=n, do_sample=False)``.
+hypotheses. These are the rules of transformers' vectorised ``_beam_search``
+(checked against 5.x), so the best hypothesis equals
+``generate(num_beams=n, do_sample=False)`` token for token.
 Beam search is deterministic: sampling parameters other than the penalties
 are rejected.
 """
@@ -88,7 +89,7 @@ def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.
     max_new = check_context(model, t, max_new_tokens)
     ids = input_ids.to(device).repeat_interleave(n, dim=0)  # (B*n, T): row b*n + j is beam j of prompt b
     mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device).repeat_interleave(n, dim=0))
-    cache_mask = full_mask(mask, setup_cache(model, b * n, t + max_new))
+    cache_mask = full_mask(mask, setup_cache(model, b * n, t + max_new, compile))
     prompt_seen = counts = None
     if params.penalised:
         prompt_seen = prompt_tokens(ids, mask, model.cfg.vocab_size)

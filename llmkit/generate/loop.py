@@ -6,11 +6,11 @@ on top of the model forward:
 
 - the KV cache is allocated once per generation shape (``setup_caches``) and
   kept on the model; a later call with the same batch and length bucket
-  reuses it, and so reuses the compiled step, which is specialised to it.
-  Buckets are powers of two from 256: a chat whose history grows recompiles
-  a handful of times rather than every few turns, at the price of attending
-  over up to twice the slots needed (small next to reading the weights,
-  except for long contexts);
+  reuses it. Attention reads every slot of the static cache, so the bucket
+  is tight (a multiple of 64) when decoding eagerly; the compiled step is
+  specialised to the cache shape, so there buckets are powers of two from
+  256, and a chat whose history grows recompiles a handful of times rather
+  than every few turns, for up to twice the attention work;
 - the prompt is prefilled in one forward (eager: its length varies);
 - each decode step (forward + logits processing + token choice) is one
   compiled function of static shapes: the (B, S) attention mask is built
@@ -37,7 +37,8 @@ from llmkit.generate.sampling import SamplingParams, gumbel_noise, process_logit
 from llmkit.model import CausalLM
 
 FinishReason = Literal["stop", "length"]
-MIN_CACHE = 256  # smallest cache length; lengths are rounded up to powers of two from here
+EAGER_BUCKET = 64  # eager decoding: cache lengths are multiples of this
+MIN_COMPILED_CACHE = 256  # compiled decoding: cache lengths are powers of two from this
 
 
 @dataclass
@@ -64,16 +65,19 @@ def check_context(model: CausalLM, prompt_len: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, context - prompt_len)
 
 
-def setup_cache(model: CausalLM, batch: int, length: int) -> int:
+def setup_cache(model: CausalLM, batch: int, length: int, compiled: bool = False) -> int:
     """Make sure the model has a static cache for ``batch`` rows of at least ``length`` slots.
 
-    The length is rounded up to a power of two >= :data:`MIN_CACHE` (within the model's
+    The length is rounded up to its bucket (see the module docstring; within the model's
     context), and an existing cache of exactly that shape and the model's dtype is kept.
 
     Returns:
         The cache length S.
     """
-    bucket = max(MIN_CACHE, 1 << (length - 1).bit_length())
+    if compiled:
+        bucket = max(MIN_COMPILED_CACHE, 1 << (length - 1).bit_length())
+    else:
+        bucket = -(-length // EAGER_BUCKET) * EAGER_BUCKET
     size = max(length, min(bucket, model.cfg.max_seq_len))
     cache = model.model.layers[0].self_attn.kv_cache
     first = next(cache.buffers()) if cache is not None else None
@@ -159,7 +163,7 @@ class TokenStream:
     def __iter__(self) -> Iterator[list[int | None]]:
         model, ids, params = self.model, self.input_ids, self.params
         b, t = ids.shape
-        cache_len = setup_cache(model, b, t + self.max_new_tokens)
+        cache_len = setup_cache(model, b, t + self.max_new_tokens, self.compile)
         mask = full_mask(self.attention_mask, cache_len)  # (B, S), fixed for the whole generation
         prompt_seen = counts = None
         if params.penalised:
@@ -211,7 +215,7 @@ def generate_tokens(model: CausalLM, input_ids: torch.Tensor, attention_mask: to
         input_ids: (B, T) prompt ids, left-padded.
         attention_mask: (B, T) 0/1, 0 on padding; None = no padding.
         max_new_tokens: tokens to generate per row at most.
-        sampling: token choice (greedy by default); with beams only the penalties apply.
+        sampling: token choice (greedy by default); beam search accepts only greedy with penalties.
         stop_ids: ids that end a row, e.g. the tokenizer's EOS id.
         seed: seed of the sampling noise; None draws from torch's global generator.
         num_beams: > 1 runs beam search (see :mod:`llmkit.generate.beam`).
