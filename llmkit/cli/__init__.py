@@ -19,6 +19,7 @@ VERBS = {
     "info": "Describe a checkpoint, GGUF file or preset: architecture, sizes, parameter count",
     "generate": "Generate text from a prompt, streaming to the terminal",
     "chat": "Chat with a model in the terminal using its chat template",
+    "train": "Pretrain or fine-tune (SFT) a model from a YAML recipe; resume with --resume OUT_DIR",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
 }
 
