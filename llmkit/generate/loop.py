@@ -147,8 +147,8 @@ class TokenStream:
         self.finish_reasons: list[FinishReason | None] = [None] * batch
 
     def finish(self, row: int, reason: FinishReason = "stop") -> None:
-        """End ``row`` now (no effect if it has already ended)."""
-        if self.finish_reasons[row] is None:
+        """End ``row`` now. A stop found in the last token the length limit allowed still counts as a stop."""
+        if self.finish_reasons[row] in (None, "length"):
             self.finish_reasons[row] = reason
 
     @property

@@ -38,6 +38,14 @@ def test_stop_string_spanning_tokens_cuts_the_text_exactly(tokenizer, scripted):
     assert "ld. E" in tokenizer.decode(out.token_ids[0]) and "ld. E" not in tokenizer.decode(out.token_ids[0][:-1])
 
 
+def test_stop_string_in_the_last_allowed_token_counts_as_a_stop(tokenizer, scripted):
+    text = " world. END of story."
+    model = scripted(tokenizer, "Hello", [text])
+    n = len(tokenizer.encode(" world. END", add_special_tokens=False))
+    out = generate(model, tokenizer, "Hello", stop="END", max_new_tokens=n)
+    assert out.text == " world. " and out.finish_reasons == ["stop"] and len(out.token_ids[0]) == n
+
+
 def test_stop_token_id_ends_the_row_and_is_not_in_the_text(tokenizer, scripted):
     text = " world. END of story."
     model = scripted(tokenizer, "Hello", [text])
