@@ -116,3 +116,17 @@ def test_compiled_decode_equals_eager(tiny):
         eager = generate_tokens(tiny, ids, max_new_tokens=8, sampling=sampling, seed=0)
         compiled = generate_tokens(tiny, ids, max_new_tokens=8, sampling=sampling, seed=0, compile=True)
         assert compiled.token_ids == eager.token_ids
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decode_equals_eager(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny).cuda()
+    ids = _ids().cuda()
+    params = SamplingParams(temperature=0.8, top_p=0.9, repetition_penalty=1.2)
+    for sampling in (None, params):
+        eager = generate_tokens(model, ids, max_new_tokens=12, sampling=sampling, seed=0)
+        for _ in range(2):  # the second run replays the recorded graphs
+            graphed = generate_tokens(model, ids, max_new_tokens=12, sampling=sampling, seed=0, compile=True)
+            assert graphed.token_ids == eager.token_ids
