@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from llmkit.io.gguf_config import ROPE_FREQS, config_from_gguf, gguf_arch, gguf_
 from llmkit.io.load import build_from_state_dict
 from llmkit.model import CausalLM
 
+if TYPE_CHECKING:
+    from gguf import GGUFReader, GGUFWriter, ReaderTensor
+
 # llama.cpp name -> ours: whole-model tensors, then per-block ones (blk.N.<key> <-> model.layers.N.<value>)
 _GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK = {
@@ -43,6 +46,8 @@ _BLOCK = {
     "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+_GLOBAL_BACK = {ours: theirs for theirs, ours in _GLOBAL.items()}
+_BLOCK_BACK = {ours: theirs for theirs, ours in _BLOCK.items()}
 _PERMUTED_ARCHS = ("llama",)
 _EXPORT_TYPES = ("f32", "f16", "q8_0")
 _METADATA_ARRAY_MAX = 1024  # longer arrays (the vocabulary, merges) are not config and are not read
@@ -50,7 +55,7 @@ _METADATA_ARRAY_MAX = 1024  # longer arrays (the vocabulary, merges) are not con
 
 def gguf_to_hf(name: str) -> str:
     """Our name for a llama.cpp tensor name; unknown names come back unchanged (reported as unexpected)."""
-    stem, dot, kind = name.rpartition(".")
+    stem, _, kind = name.rpartition(".")
     if stem in _GLOBAL:
         return f"{_GLOBAL[stem]}.{kind}"
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
@@ -62,13 +67,11 @@ def gguf_to_hf(name: str) -> str:
 def hf_to_gguf(name: str) -> str:
     """llama.cpp's name for one of our tensor names."""
     stem, _, kind = name.rpartition(".")
-    for theirs, ours in _GLOBAL.items():
-        if stem == ours:
-            return f"{theirs}.{kind}"
+    if stem in _GLOBAL_BACK:
+        return f"{_GLOBAL_BACK[stem]}.{kind}"
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
-    for theirs, ours in _BLOCK.items():
-        if m and m.group(2) == ours:
-            return f"blk.{m.group(1)}.{theirs}.{kind}"
+    if m and m.group(2) in _BLOCK_BACK:
+        return f"blk.{m.group(1)}.{_BLOCK_BACK[m.group(2)]}.{kind}"
     raise CheckpointError(f"tensor {name} has no GGUF name")
 
 
@@ -85,7 +88,7 @@ def permute_qk(w: np.ndarray, n_heads: int, inverse: bool = False) -> np.ndarray
     return w.reshape(*split, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _open(path: Path):
+def _open(path: Path) -> "GGUFReader":
     from gguf import GGUFReader  # deferred: importing gguf costs ~0.2 s
 
     if not path.is_file():
@@ -97,7 +100,7 @@ def _open(path: Path):
                               f"({type(e).__name__}: {e})") from e
 
 
-def _dequantize(tensor, path: Path) -> np.ndarray:
+def _dequantize(tensor: "ReaderTensor", path: Path) -> np.ndarray:
     """float32 data of one reader tensor, in torch shape order."""
     from gguf import dequantize
 
@@ -111,7 +114,7 @@ def _dequantize(tensor, path: Path) -> np.ndarray:
     return w if w.flags.writeable else w.copy()  # F32 data is a read-only view of the memory map
 
 
-def _read_config(reader, path: Path) -> ModelConfig:
+def _read_config(reader: "GGUFReader", path: Path) -> ModelConfig:
     meta = {k: f.contents() for k, f in reader.fields.items() if len(f.data) <= _METADATA_ARRAY_MAX}
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
     freqs = next((_dequantize(t, path) for t in reader.tensors if t.name == ROPE_FREQS), None)
@@ -208,7 +211,7 @@ def export_gguf(model: CausalLM, path: str | Path, dtype: str = "f32",
         writer.close()
 
 
-def _add_key(writer, key: str, value: Any) -> None:
+def _add_key(writer: "GGUFWriter", key: str, value: Any) -> None:
     """One metadata key, typed as llama.cpp types it."""
     from gguf import GGUFValueType as V
 

@@ -109,7 +109,7 @@ def _f32(x: float) -> float:
 def _validated(kw: dict[str, Any], source: str) -> ModelConfig:
     try:
         return ModelConfig(**kw).validate()
-    except ConfigError as e:
+    except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{source}: the GGUF metadata does not give a valid model config: {e}") from e
 
 
@@ -129,11 +129,11 @@ def _llama3_from_freqs(cfg: ModelConfig, freqs: np.ndarray, source: str) -> Mode
         # 1/wavelen: fitting t = a/wavelen + b gives, with lf = 1, hf = 1 - 1/b and L = -a/b
         t = (1 / freqs[blend] - 1 / factor) / (1 - 1 / factor)
         a, b = np.polyfit(base[blend] / (2 * np.pi), t, 1)
-        fitted = cfg.replace(rope_scaling="llama3", rope_factor=round(factor, 4), rope_original_max_seq_len=round(-a / b),
-                             rope_low_freq_factor=1.0, rope_high_freq_factor=round(1 - 1 / b, 4))
-        got = base / rope_inv_freq(fitted)[0].double().numpy()
-        if not np.allclose(got, freqs, rtol=1e-4):
-            fitted = None
+        if b < 0:
+            fitted = cfg.replace(rope_scaling="llama3", rope_factor=round(factor, 4), rope_original_max_seq_len=round(-a / b),
+                                 rope_low_freq_factor=1.0, rope_high_freq_factor=round(1 - 1 / b, 4))
+            if not np.allclose(base / rope_inv_freq(fitted)[0].double().numpy(), freqs, rtol=1e-4):
+                fitted = None
     if fitted is None:
         raise CheckpointError(f"{source}: {ROPE_FREQS} is not a llama3 rope scaling llmkit can reproduce")
     return fitted
@@ -143,11 +143,11 @@ def gguf_arch(cfg: ModelConfig) -> str:
     """The llama.cpp architecture that reproduces ``cfg``; CheckpointError if there is none."""
     mt = hf_model_type(cfg)
     if mt not in ARCHS or cfg.activation != "silu":
-        raise CheckpointError(
-            "GGUF export supports llama-style configs only (RMSNorm, pre-norm, gated SiLU MLP, full half-layout "
-            f"RoPE, dense attention without sliding window, qwen2/qwen3 biases and QK-norm); this config "
-            f"{'matches ' + repr(mt) if mt else 'has no transformers equivalent'}"
-            f"{', activation ' + repr(cfg.activation) if cfg.activation != 'silu' else ''}")
+        why = (f"activation {cfg.activation!r}" if cfg.activation != "silu" else
+               f"it matches {mt!r}" if mt else "transformers has no equivalent")
+        raise CheckpointError("GGUF export supports llama-style configs only (RMSNorm, pre-norm, gated SiLU MLP, "
+                              "full half-layout RoPE, dense attention without sliding window, qwen2/qwen3 biases "
+                              f"and QK-norm); not this one: {why}")
     if cfg.rope_scaling not in ("none", "linear", "yarn", "llama3") or cfg.rope_mscale is not None:
         raise CheckpointError(f"GGUF has no encoding for rope_scaling={cfg.rope_scaling!r}"
                               + (" with rope_mscale" if cfg.rope_mscale is not None else ""))

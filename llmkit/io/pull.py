@@ -92,9 +92,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         raise ValueError(f"{path} is neither a model directory nor a .gguf file")
     if text in MODELS:
         return pull(text)
-    if os.sep in text or path.suffix:
+    if os.sep in text or path.suffix == ".gguf":
         raise FileNotFoundError(f"no such model file or directory: {path}")
-    raise KeyError(f"unknown model {text!r}: not an existing path; known models: {', '.join(sorted(MODELS))}")
+    raise KeyError(f"{text!r} is neither an existing path nor a known model; known models: {', '.join(sorted(MODELS))}")
 
 
 def _asset(name: str) -> Asset:

@@ -193,16 +193,36 @@ def _patch(path, edit) -> None:
 
 def test_unsupported_architecture(tmp_path):
     _, path = _exported(tmp_path)
-    _patch(path, lambda r: r.fields["general.architecture"].parts[-1].__setitem__(slice(None), np.frombuffer(b"bloom", np.uint8)))
+
+    def rename(reader):
+        reader.fields["general.architecture"].parts[-1][:] = np.frombuffer(b"bloom", np.uint8)  # as long as "llama"
+
+    _patch(path, rename)
     with pytest.raises(CheckpointError, match="architecture 'bloom' is not supported"):
         load_gguf(path)
 
 
 def test_unsupported_tensor_type(tmp_path):
     _, path = _exported(tmp_path)
-    # retype token_embd as Q8_1 (no dequantiser in gguf); its data then reads shorter, so the file stays in bounds
-    _patch(path, lambda r: next(t for t in r.tensors if t.name == "token_embd.weight").field.parts[4].__setitem__(0, Q.Q8_1))
+
+    def retype(reader):  # Q8_1 has no dequantiser in gguf; its data reads shorter, so the file stays in bounds
+        next(t for t in reader.tensors if t.name == "token_embd.weight").field.parts[4][0] = Q.Q8_1
+
+    _patch(path, retype)
     with pytest.raises(CheckpointError, match="token_embd.weight has type Q8_1"):
+        load_gguf(path)
+
+
+def test_rope_freqs_that_are_not_llama3(tmp_path):
+    _, path = _exported(tmp_path, "llama", rope_scaling="llama3", rope_factor=8.0, rope_theta=500000.0,
+                        rope_original_max_seq_len=8192, head_dim=64)
+
+    def scramble(reader):
+        freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
+        freqs[:] = np.linspace(1.0, 3.0, freqs.size)[::-1]
+
+    _patch(path, scramble)
+    with pytest.raises(CheckpointError, match="rope_freqs.weight is not a llama3 rope scaling"):
         load_gguf(path)
 
 

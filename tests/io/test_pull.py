@@ -72,8 +72,9 @@ def test_offline_error_says_how_to_supply_the_file(fake, monkeypatch):
 def test_unknown_name_lists_known_models():
     with pytest.raises(KeyError, match="smollm2-135m-instruct"):
         pull("no-such-model")
-    with pytest.raises(KeyError, match="known models: .*smollm2-135m-instruct"):
-        resolve_model("no-such-model")
+    for name in ("no-such-model", "llama-9.9b"):
+        with pytest.raises(KeyError, match="known models: .*smollm2-135m-instruct"):
+            resolve_model(name)
 
 
 def test_resolve_paths_and_names(fake, tmp_path):
