@@ -14,6 +14,12 @@ every run generates exactly the requested tokens:
 one-off compile time is printed, not counted). Ratios are llmkit's best row
 over the other engine (> 1 = llmkit faster; for TTFT, their time over ours).
 
+On a CPU shared with other jobs, pass ``--threads 1``: OpenMP threads that
+compete with other processes for cores slow small decode steps several-fold.
+On CPU the compiled rows attend over a power-of-two cache (1024 slots for
+the 512-token prompt, see ``llmkit.generate.loop``), which costs them some
+TTFT against the eager rows' tighter cache.
+
     .venv/bin/python benchmarks/generate.py [--quick] [--threads N] [--no-compile] [--profile]
 """
 from __future__ import annotations
