@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"llmkit.cli.{verb.replace('-', '_')}")
     parser = argparse.ArgumentParser(prog=f"llmkit {verb}", description=VERBS[verb])
     for name, kwargs in getattr(module, "POSITIONALS", {}).items():
-        parser.add_argument(name, **kwargs)
+        parser.add_argument(name, default=argparse.SUPPRESS, **kwargs)
     add_dataclass_arguments(parser, module.Args)
     ns = parser.parse_args(argv[1:])
-    positionals = {name: getattr(ns, name) for name in getattr(module, "POSITIONALS", {}) if getattr(ns, name) is not None}
+    # a positional fills the field of the same name unless the --flag spelling was given too
+    positionals = {name: getattr(ns, name) for name in getattr(module, "POSITIONALS", {}) if hasattr(ns, name)}
     try:
         args = parse_dataclass(module.Args, ns, extra=positionals)
         return int(module.run(args) or 0)

@@ -152,11 +152,11 @@ def parse_dataclass(cls: type, namespace: argparse.Namespace, extra: dict[str, A
             raise UsageError(f"--config: {path} must hold a mapping of option names to values")
         for key, value in loaded.items():
             values[key.replace("-", "_")] = value
-    for key, value in (extra or {}).items():
-        _set(values, key, value)
     for name in _fields(cls):
         if hasattr(namespace, name):
             _set(values, name, getattr(namespace, name))
+    for key, value in (extra or {}).items():
+        _set(values, key, value)
     obj = _build(cls, values)
     if hasattr(obj, "validate"):
         try:

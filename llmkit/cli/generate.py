@@ -58,7 +58,8 @@ class GenerationArgs:
 
 @dataclass
 class Args(GenerationArgs):
-    prompt: str = field(default="", metadata={"help": "the text to complete"})
+    prompt: str = field(default="", metadata={"help": "the prompt (a user message when the model has a chat template)"})
+    raw: bool = field(default=False, metadata={"help": "complete the prompt as plain text, without the chat template"})
     num_beams: int = field(default=1, metadata={"help": "beam search width (1 = sampling / greedy)"})
     length_penalty: float = field(default=1.0, metadata={"help": "beam search: score / length ** this"})
 
@@ -102,12 +103,14 @@ def run(args: Args) -> int:
         raise UsageError("give a prompt: llmkit generate --prompt TEXT")
     model, tokenizer = load(args)
     kwargs = args.sampling_kwargs()
+    # instruct models answer a user turn; a bare question is often "completed" with EOS
+    prompt = args.prompt if args.raw or not tokenizer.chat_template else [{"role": "user", "content": args.prompt}]
     if args.num_beams > 1:
-        out = generate(model, tokenizer, args.prompt, num_beams=args.num_beams, length_penalty=args.length_penalty,
+        out = generate(model, tokenizer, prompt, num_beams=args.num_beams, length_penalty=args.length_penalty,
                        **kwargs)
         print(out.text)
         return 0
-    for delta in generate(model, tokenizer, args.prompt, stream=True, **kwargs):
+    for delta in generate(model, tokenizer, prompt, stream=True, **kwargs):
         print(delta, end="", flush=True)
     print()
     return 0

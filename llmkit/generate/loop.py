@@ -100,7 +100,7 @@ def prompt_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_s
 
 def forward_last(model: CausalLM, tokens: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cached forward of ``tokens`` (B, T) at slots ``input_pos`` (T,); float32 logits (B, V) of the last one."""
-    return model(tokens, input_pos=input_pos, attention_mask=mask)[:, -1].float()
+    return model(tokens, input_pos=input_pos, attention_mask=mask, logits_to_keep=1)[:, -1].float()
 
 
 def decode_step(model: CausalLM, tokens: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,

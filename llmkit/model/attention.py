@@ -33,6 +33,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         (B, H, T, Dv)
     """
     groups = q.shape[1] // k.shape[1]
+    b, h, t, _ = q.shape
+    if impl == "sdpa" and t == 1 and groups > 1 and mask is not None:
+        # one query per head (decoding): fold each group's query heads into the "time" axis of its
+        # K/V head, an exact rewrite that avoids torch's slow CPU path for grouped heads
+        q = q.view(b, k.shape[1], groups, q.shape[-1])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+        return y.reshape(b, h, 1, v.shape[-1])
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
                                               scale=scale, enable_gqa=groups > 1)

@@ -94,7 +94,7 @@ class CausalLM(nn.Module):
     # ----- forward -----
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                return_aux_loss: bool = False):
+                return_aux_loss: bool = False, logits_to_keep: int = 0):
         """Next-token logits.
 
         Args:
@@ -105,8 +105,10 @@ class CausalLM(nn.Module):
             position_ids: (B, T) positions for RoPE/learned embeddings; by default the slot index,
                 or the count of real tokens before each one when ``attention_mask`` is given.
             return_aux_loss: also return the MoE load-balancing loss (mean over MoE layers, 0 if dense).
+            logits_to_keep: compute logits for only the last this-many positions (0 = all); a prefill
+                that only samples the next token skips a (B, T, vocab) matmul.
         Returns:
-            logits (B, T, vocab) in the model dtype, or ``(logits, aux_loss)``.
+            logits (B, T or logits_to_keep, vocab) in the model dtype, or ``(logits, aux_loss)``.
         """
         cfg = self.cfg
         b, t = input_ids.shape
@@ -139,6 +141,8 @@ class CausalLM(nn.Module):
             x, aux = layer(x, rope, mask, input_pos)
             if aux is not None:
                 aux_losses.append(aux)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.model.norm(x))
         if return_aux_loss:
             aux = torch.stack(aux_losses).mean() if aux_losses else logits.new_zeros(())
