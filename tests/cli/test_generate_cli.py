@@ -42,10 +42,20 @@ def _run(capsys, *argv):
 
 def test_generate_streams_the_same_text_as_the_library(tiny_dir, capsys):
     code, out, err = _run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "Hello there.",
-                          "--temperature", "0", "--max_new_tokens", "12")
+                          "--temperature", "0", "--max_new_tokens", "12", "--raw")
     assert code == 0, err
     model, tok = load_model_and_tokenizer(tiny_dir)
     assert out == generate(model, tok, "Hello there.", max_new_tokens=12).text + "\n"
+
+
+def test_generate_uses_the_chat_template_when_the_model_has_one(tiny_dir, capsys):
+    code, out, err = _run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "Hello there.",
+                          "--temperature", "0", "--max_new_tokens", "12")
+    assert code == 0, err
+    model, tok = load_model_and_tokenizer(tiny_dir)
+    assert tok.chat_template
+    chat = [{"role": "user", "content": "Hello there."}]
+    assert out == generate(model, tok, chat, max_new_tokens=12).text + "\n"
 
 
 def test_generate_seed_and_beams(tiny_dir, capsys):
