@@ -96,25 +96,26 @@ class PrefixTuningLM(Adapter):
         self.base_model.clear_caches()
 
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits (B, T, vocab); ``input_pos`` are the caller's slots (0-based), given after ``setup_caches``."""
         if not self.enabled:
             if input_pos is not None:
                 raise RuntimeError("with adapters disabled, a prefix-tuned model runs uncached only")
-            return self.base_model(input_ids, attention_mask=attention_mask)
+            return self.base_model(input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
         b, t = input_ids.shape
         if input_pos is not None:
-            return self._run(input_ids, input_pos, attention_mask)
+            return self._run(input_ids, input_pos, attention_mask, logits_to_keep)
         saved = [attn.kv_cache for attn in self._attn()], self.base_model.cache_len
         self.setup_caches(b, t, device=input_ids.device)
         try:
-            return self._run(input_ids, torch.arange(t, device=input_ids.device), attention_mask)
+            return self._run(input_ids, torch.arange(t, device=input_ids.device), attention_mask, logits_to_keep)
         finally:  # put the caller's caches back (CausalLM keeps their length in cache_len)
             for attn, cache in zip(self._attn(), saved[0]):
                 attn.kv_cache = cache
             self.base_model.cache_len = saved[1]
 
-    def _run(self, input_ids: torch.Tensor, input_pos: torch.Tensor, attention_mask: torch.Tensor | None):
+    def _run(self, input_ids: torch.Tensor, input_pos: torch.Tensor, attention_mask: torch.Tensor | None,
+             logits_to_keep: int = 0):
         n = self.n_prefix
         prefixes = self.prefix_encoder()  # (L, 2, Hkv, n, D)
         caches = [attn.kv_cache for attn in self._attn()]
@@ -125,7 +126,8 @@ class PrefixTuningLM(Adapter):
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(input_ids.shape[0], n), attention_mask], dim=1)
         try:
-            return self.base_model(input_ids, input_pos=input_pos + n, attention_mask=attention_mask)
+            return self.base_model(input_ids, input_pos=input_pos + n, attention_mask=attention_mask,
+                                   logits_to_keep=logits_to_keep)
         finally:
             for cache in caches:
                 cache.prefix = None

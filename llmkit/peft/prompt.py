@@ -107,10 +107,11 @@ class VirtualTokenLM(Adapter):
         self.base_model.clear_caches()
 
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits (B, T, vocab) for the real tokens only; ``input_pos`` are the caller's slots (0-based)."""
         if not self.enabled:
-            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask)
+            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask,
+                                   logits_to_keep=logits_to_keep)
         b, n, device = input_ids.shape[0], self.n_virtual, input_ids.device
         prepend = input_pos is None or bool(input_pos[0] == 0)
         if input_pos is not None:
@@ -122,6 +123,9 @@ class VirtualTokenLM(Adapter):
                 input_pos = torch.cat([torch.arange(n, device=device), input_pos])
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
+        if logits_to_keep:
+            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask,
+                                   logits_to_keep=logits_to_keep)
         logits = self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask)
         return logits[:, n:] if prepend else logits
 

@@ -63,7 +63,7 @@ def test_generate_seed_and_beams(tiny_dir, capsys):
     first, second = (_run(capsys, *args)[1] for _ in range(2))
     assert first == second and first.strip()
     code, out, err = _run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "Hello", "--num_beams", "3",
-                          "--max_new_tokens", "6")
+                          "--max_new_tokens", "6", "--raw")
     assert code == 0, err
     model, tok = load_model_and_tokenizer(tiny_dir)
     assert out == generate(model, tok, "Hello", num_beams=3, max_new_tokens=6).text + "\n"
@@ -145,7 +145,7 @@ def test_chat_ctrl_c_stops_the_reply_but_not_the_session(tiny_dir, capsys, monke
 
 def test_generate_and_chat_on_smollm2(smollm2_gguf, capsys, monkeypatch):
     code, out, err = _run(capsys, "generate", "--model", str(smollm2_gguf), "--prompt",
-                          "The capital of France is", "--temperature", "0", "--max_new_tokens", "6")
+                          "The capital of France is", "--temperature", "0", "--max_new_tokens", "6", "--raw")
     assert code == 0 and "Paris" in out, err
     monkeypatch.setattr(sys, "stdin", io.StringIO("What is the capital of France?\n"))
     code, out, err = _run(capsys, "chat", "--model", str(smollm2_gguf), "--temperature", "0",

@@ -53,7 +53,7 @@ class ScriptedLM(CausalLM):
         super().__init__(ModelConfig(**{**TINY, "vocab_size": vocab_size, "n_layers": 1, "max_seq_len": 128}))
         self.script, self.prompt_len = script, prompt_len
 
-    def forward(self, input_ids, input_pos=None, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, input_pos=None, attention_mask=None, position_ids=None, logits_to_keep=0):
         b = input_ids.shape[0]
         step = int(input_pos[-1]) + 1 - self.prompt_len  # index of the token to predict
         nxt = self.script[:b, min(step, self.script.shape[1] - 1)]
