@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults: fetch SmolLM2-135M-Instruct and chat-complete a prompt.
-# Extra arguments go to `llmkit generate` (e.g. --prompt "..." --max_new_tokens 64).
+# The main job on embedded defaults: the speedrun (Shakespeare -> BPE tokenizer -> pretraining ->
+# validation bits per byte -> chat SFT -> runs/speedrun-*/report.md), about 10 minutes on 2 CPU cores.
+# Extra arguments go to `llmkit speedrun` (e.g. --minutes 3, --data austen, --out runs/mine).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup-venv.sh
-exec .venv/bin/llmkit generate --model smollm2-135m-instruct --prompt "What are three fun facts about octopuses?" "$@"
+exec .venv/bin/llmkit speedrun "$@"
