@@ -58,25 +58,23 @@ def pip_download(spec: str, hint: str, source: bool = False) -> Path:
     return files[0]
 
 
+def _fetch_one(tool: str, cmd: list[str], pattern: str, what: str, hint: str) -> Path:
+    """Run a registry client in a fresh temp dir and return the single file matching ``pattern``."""
+    if shutil.which(tool) is None:
+        raise FetchError(f"{tool} is not available to fetch {what}. {hint}")
+    dest = tempfile.mkdtemp(prefix=f"llmkit-{tool}-")
+    _run(cmd, what, hint, cwd=dest)
+    found = sorted(Path(dest).glob(pattern))
+    if not found:
+        raise FetchError(f"{tool} produced no {pattern} for {what}. {hint}")
+    return found[0]
+
+
 def apt_download(package: str, hint: str) -> Path:
     """Download one Debian package's .deb (no install) into a temp dir; return its path."""
-    if shutil.which("apt-get") is None:
-        raise FetchError(f"apt-get is not available to fetch the Debian package {package}. {hint}")
-    dest = tempfile.mkdtemp(prefix="llmkit-apt-")
-    _run(["apt-get", "download", "-q", package], f"Debian package {package}", hint, cwd=dest)
-    debs = sorted(Path(dest).glob("*.deb"))
-    if not debs:
-        raise FetchError(f"apt-get downloaded no .deb for {package}. {hint}")
-    return debs[0]
+    return _fetch_one("apt-get", ["apt-get", "download", "-q", package], "*.deb", f"Debian package {package}", hint)
 
 
 def npm_pack(package: str, hint: str) -> Path:
     """Download one npm package tarball (``npm pack``) into a temp dir; return its path."""
-    if shutil.which("npm") is None:
-        raise FetchError(f"npm is not available to fetch {package}. {hint}")
-    dest = tempfile.mkdtemp(prefix="llmkit-npm-")
-    _run(["npm", "pack", "--silent", package], f"npm package {package}", hint, cwd=dest)
-    tars = sorted(Path(dest).glob("*.tgz"))
-    if not tars:
-        raise FetchError(f"npm pack produced no tarball for {package}. {hint}")
-    return tars[0]
+    return _fetch_one("npm", ["npm", "pack", "--silent", package], "*.tgz", f"npm package {package}", hint)
