@@ -28,6 +28,7 @@ checkpoint, because checkpoints are written atomically.
 """
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import signal
@@ -333,5 +334,11 @@ class Trainer:
             self._plot = plot_curves(self.metrics.read(), self.out / "curves.png")
 
     def close(self) -> None:
-        """Leave the process group (under torchrun)."""
+        """Leave the process group (under torchrun).
+
+        The DDP wrapper is released first: its reducer talks to the process group, and
+        destroying it after the group is gone can hang.
+        """
+        self.module = self.model
+        gc.collect()
         distributed.shutdown(self.d)
