@@ -21,6 +21,7 @@ VERBS = {
     "generate": "Generate text from a prompt, streaming to the terminal",
     "chat": "Chat with a model in the terminal using its chat template",
     "train": "Pretrain or fine-tune (SFT) a model from a YAML recipe; resume with --resume OUT_DIR",
+    "finetune": "Fine-tune a chat model with LoRA, QLoRA, DoRA, prefix/prompt tuning or in full; saves a PEFT adapter",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
 }
 
