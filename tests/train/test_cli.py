@@ -1,4 +1,5 @@
 """``llmkit train``: recipe + flag overrides, --resume rules, Ctrl-C in a real process."""
+import argparse
 import importlib.util
 import json
 import os
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,3 +83,16 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path, recipe):
     ckpt = latest_checkpoint(out)
     assert json.loads((ckpt / "trainer_state.json").read_text())["step"] == last_logged >= 3
     assert "SIGINT" in stdout and f"--resume {out}" in stdout
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_are_valid_train_configs(path):
+    from llmkit.cli.args import UsageError, parse_dataclass
+    from llmkit.cli.train import Args, given_fields
+    from llmkit.train import TrainConfig
+
+    try:
+        args = parse_dataclass(Args, argparse.Namespace(config=str(path)))
+    except UsageError as e:
+        pytest.fail(f"{path.name}: {e}")
+    TrainConfig.from_dict(given_fields(args)).validate()
