@@ -85,8 +85,12 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path, recipe):
     assert "SIGINT" in stdout and f"--resume {out}" in stdout
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_recipes_are_valid_train_configs(path):
+TRAIN_RECIPES = ["tiny-shakespeare.yaml"]  # recipes/ also holds other verbs' recipes
+
+
+@pytest.mark.parametrize("name", TRAIN_RECIPES)
+def test_recipes_are_valid_train_configs(name):
+    path = Path(__file__).parents[2] / "recipes" / name
     from llmkit.cli.args import UsageError, parse_dataclass
     from llmkit.cli.train import Args, given_fields
     from llmkit.train import TrainConfig

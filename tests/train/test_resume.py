@@ -71,3 +71,17 @@ def test_raising_max_steps_continues_a_finished_run(tmp_path):
     Trainer(cfg, data=Data(RandomBatches())).fit()
     longer = cfg.__class__.from_dict({**cfg.to_dict(), "max_steps": 5})
     assert Trainer(longer, data=Data(RandomBatches()), resume=True).fit().step == 5
+
+
+def test_resume_with_the_real_packed_loader_is_bit_identical(tmp_path, byte_shards):
+    def cfg(name, steps):
+        return tiny_cfg(tmp_path / name, data=str(byte_shards), max_steps=steps, schedule="constant",
+                        grad_accum=2, model_overrides=DROPOUT, eval_every=2, eval_batches=2)
+
+    straight = Trainer(cfg("a", 5))
+    straight.fit()
+    Trainer(cfg("b", 3)).fit()
+    resumed = Trainer(cfg("b", 5), resume=True)
+    resumed.fit()
+    a, b = params(straight.model), params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)

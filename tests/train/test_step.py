@@ -107,3 +107,11 @@ def test_moe_load_balancing_loss_enters_the_gradient(tmp_path):
         routers.append(t.model.model.layers[0].mlp.gate.weight.detach().clone())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert not torch.allclose(routers[0], routers[1])
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tmp_path):
+    eager = Trainer(tiny_cfg(tmp_path / "a"), data=Data(RandomBatches()))
+    compiled = Trainer(tiny_cfg(tmp_path / "b", compile=True), data=Data(RandomBatches()))
+    for _ in range(2):
+        assert compiled.train_step()["loss"] == pytest.approx(eager.train_step()["loss"], rel=1e-5)
