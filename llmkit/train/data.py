@@ -41,6 +41,7 @@ import torch
 
 from llmkit.data.loader import PackedLoader
 from llmkit.data.shards import MANIFEST, read_manifest, write_shards
+from llmkit.io.atomic import atomic_write_text
 from llmkit.train.distributed import Dist, barrier
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -155,7 +156,8 @@ def prepare_corpus(cfg, vocab_size: int, d: Dist) -> tuple[Path, Path, Any]:
     train_dir, val_dir, tok_dir = out / "data" / "train", out / "data" / "val", out / "tokenizer"
     tokenizer = (load_tokenizer(cfg.tokenizer) if cfg.tokenizer else model_tokenizer(cfg.model))
     source = json.dumps({"data": cfg.data, "tokenizer": cfg.tokenizer or cfg.model, "vocab_size": vocab_size})
-    ready = all((p / MANIFEST).exists() and read_manifest(p).get("source") == source for p in (train_dir, val_dir))
+    ready = all((p / MANIFEST).exists() and read_manifest(p).get("source") == source
+                and "num_bytes" in read_manifest(p) for p in (train_dir, val_dir))
     if d.is_main and not ready:
         from llmkit.data.corpora import load_corpus
         from llmkit.data.split import split_documents
@@ -175,7 +177,7 @@ def prepare_corpus(cfg, vocab_size: int, d: Dist) -> tuple[Path, Path, Any]:
                          eos_id=tokenizer.eos_id, vocab_size=max(vocab_size, tokenizer.vocab_size), source=source)
             manifest = read_manifest(dir_)
             manifest["num_bytes"] = sum(len(doc.text.encode("utf-8")) for doc in docs_)
-            (dir_ / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            atomic_write_text(dir_ / MANIFEST, json.dumps(manifest, indent=2))
     barrier(d)
     if tokenizer is None:
         tokenizer = load_tokenizer(tok_dir)
@@ -194,8 +196,8 @@ def pretrain_data(cfg, vocab_size: int, d: Dist) -> Data:
         val_dir = Path(cfg.val_data)
     for shard_dir in (train_dir, val_dir):
         if shard_dir is not None and read_manifest(shard_dir)["vocab_size"] > vocab_size:
-            raise ValueError(f"{shard_dir} holds token ids up to {read_manifest(shard_dir)['vocab_size']} but "
-                             f"the model's vocab_size is {vocab_size}: set model_overrides.vocab_size")
+            raise ValueError(f"{shard_dir} was tokenised for {read_manifest(shard_dir)['vocab_size']} ids but the "
+                             f"model's vocab_size is {vocab_size}: set model_overrides.vocab_size")
     train = PackedLoader(train_dir, cfg.seq_len, cfg.batch_size, cfg.seed, d.rank, d.world_size)
     if val_dir is None:
         return Data(train, tokenizer=tokenizer)

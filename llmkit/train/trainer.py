@@ -134,7 +134,10 @@ class Trainer:
         self.data = data if data is not None else build_data(cfg, mcfg.vocab_size, d)
         seed_all(cfg.seed)
         self.model = model if model is not None else build_model(cfg, mcfg, self.data.tokenizer)
-        self.frozen = freeze(self.model, cfg.freeze)
+        frozen = freeze(self.model, cfg.freeze)
+        if frozen and d.is_main:
+            print(f"llmkit train: froze {len(frozen)} parameter tensors ({', '.join(frozen[:3])}"
+                  f"{' ...' if len(frozen) > 3 else ''})")
         self.model.to(d.device).train()
         if cfg.grad_checkpointing:
             activation_checkpoint.enable(self.model)
