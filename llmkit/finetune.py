@@ -52,6 +52,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llmkit.io.errors import CheckpointError
+from llmkit.train.config import DType, Schedule
 
 Method = Literal["lora", "qlora", "dora", "full", "prefix", "prompt"]
 LORA_METHODS = ("lora", "qlora", "dora")
@@ -93,16 +94,17 @@ class FinetuneConfig:
     seq_len: int = field(default=256, metadata=_help("tokens per conversation at most (longer ones are cut)"))
     lr: float | None = field(default=None, metadata=_help(f"peak learning rate; default per method {METHOD_LR}"))
     warmup_steps: int = field(default=10, metadata=_help("linear warmup steps"))
-    schedule: Literal["cosine", "linear", "constant", "wsd"] = field(default="cosine", metadata=_help(
+    schedule: Schedule = field(default="cosine", metadata=_help(
         "learning-rate schedule after warmup (decays to lr / 10)"))
     eval_every: int = field(default=0, metadata=_help("steps between validation runs; 0 = before and after only"))
     eval_batches: int = field(default=20, metadata=_help("validation batches per evaluation"))
     save_every: int = field(default=0, metadata=_help("steps between resumable checkpoints; 0 = at the end"))
     seed: int = field(default=1337, metadata=_help("seeds adapter init, dropout and data order"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N"))
-    dtype: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata=_help(
+    dtype: DType = field(default="fp32", metadata=_help(
         "fp32, or bf16/fp16 autocast (weights stay fp32)"))
     resume: bool = field(default=False, metadata=_help("continue the run in out_dir from its newest checkpoint"))
+    plot: bool = field(default=True, metadata=_help("draw out_dir/train/curves.png (needs matplotlib)"))
 
     # --- report ---
     samples: int = field(default=0, metadata=_help(
@@ -112,8 +114,9 @@ class FinetuneConfig:
         """Check the fields; raise ``ValueError`` naming the first bad one. Returns self."""
         hints = typing.get_type_hints(FinetuneConfig)
         for f in dataclasses.fields(self):
-            if typing.get_origin(hints[f.name]) is Literal and getattr(self, f.name) not in typing.get_args(hints[f.name]):
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose from {', '.join(typing.get_args(hints[f.name]))}")
+            choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r}: choose from {', '.join(choices)}")
         for name in ("r", "n_virtual", "max_steps", "batch_size", "seq_len", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -305,7 +308,8 @@ def train_config(cfg: FinetuneConfig, train: Path, val: Path | None, tokenizer: 
                        max_steps=cfg.max_steps, lr=lr, min_lr=lr / 10, warmup_steps=cfg.warmup_steps,
                        schedule=cfg.schedule, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                        save_every=cfg.save_every, keep_last=1,  # each checkpoint holds the whole base model
-                       seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, out_dir=str(Path(cfg.out_dir) / "train"))
+                       seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, plot=cfg.plot,
+                       out_dir=str(Path(cfg.out_dir) / "train"))
 
 
 def _answers(model: nn.Module, tokenizer, questions: list[list[dict[str, str]]]) -> list[str]:
