@@ -14,7 +14,10 @@ _SMOLLM2 = dict(vocab_size=49152, max_seq_len=8192, rope_theta=100000.0, tie_wor
                 bos_token_id=1, eos_token_id=2)
 
 PRESETS: dict[str, ModelConfig] = {
-    # ~5M parameters: tests, CPU experiments, the speedrun's default
+    # ~1.3M parameters: the smallest useful LM, for minute-scale CPU runs
+    "nano": ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352,
+                        max_seq_len=512, tie_word_embeddings=True),
+    # ~5M parameters: tests, CPU experiments
     "tiny": ModelConfig(vocab_size=4096, dim=256, n_layers=6, n_heads=8, n_kv_heads=4, ffn_dim=704,
                         max_seq_len=512, tie_word_embeddings=True),
     "smollm2-135m": ModelConfig(**_SMOLLM2, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536),
