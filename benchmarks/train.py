@@ -18,7 +18,10 @@ not discounted). The peak is *measured*: the best of several large square matmul
 dtype, on the same device and thread count, in the same run. On a CPU that is the attainable BLAS
 peak rather than a datasheet figure, so MFU reads as "share of what this machine's matmul can do".
 
-    .venv/bin/python benchmarks/train.py [--steps 6] [--warmup 2] [--batch 8] [--seq 256] [--device cpu]
+On a CPU shared with other work, ``--threads 1`` gives far steadier numbers: OpenMP threads that
+spin waiting for a descheduled sibling can slow small kernels several-fold.
+
+    .venv/bin/python benchmarks/train.py [--steps 6] [--warmup 2] [--batch 8] [--seq 256] [--device cpu] [--threads N]
 """
 from __future__ import annotations
 
