@@ -182,8 +182,10 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
                           out_dir=str(run / "calibration"))
     pre_steps, step_s = _steps_for(budget * PRETRAIN_SHARE, calib, min_steps=20)
     _log(f"pretrain: {step_s * 1000:.0f} ms/step -> {pre_steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens")
+    # one evaluation, at the end, over the whole held-out text: intermediate full evaluations would
+    # cost a sizeable share of a ten-minute budget
     pre_cfg = _train_config(cfg, **pre_kw, max_steps=pre_steps, warmup_steps=max(10, pre_steps // 20),
-                            eval_every=max(pre_steps // 5, 1), out_dir=str(run / "pretrain"))
+                            eval_every=0, out_dir=str(run / "pretrain"))
     trainer = Trainer(pre_cfg)
     n_params = trainer.model.num_parameters()
     start = time.perf_counter()
