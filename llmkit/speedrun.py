@@ -4,7 +4,7 @@ One function, :func:`speedrun`, runs the whole pipeline with embedded defaults:
 
 1. data: fetch the corpus (Shakespeare by default) and split it by whole works;
 2. tokenizer: train a byte-level BPE (4,096 tokens) on the training split;
-3. pretrain: a small LLaMA-style model (the ``tiny`` preset) for most of the budget;
+3. pretrain: a small LLaMA-style model (the ``nano`` preset) for most of the budget;
 4. evaluate: validation loss and bits per byte on the held-out works (all of them);
 5. SFT: fine-tune on a chat set generated from the same corpus (assistant tokens only);
 6. report: ``report.md``, ``summary.json`` and PNG curves in the run directory.
@@ -34,7 +34,7 @@ class SpeedrunConfig:
     """Knobs of the speedrun; defaults are the tuned recipe (see recipes/speedrun.md)."""
 
     minutes: float = 10.0  # wall-clock budget of the whole run
-    preset: str = "tiny"  # model shape (a preset name)
+    preset: str = "nano"  # model shape (a preset name); see recipes/speedrun.md for why nano
     device: str = "auto"  # auto, cpu, cuda
     out: str = ""  # run directory; empty = runs/speedrun-<timestamp>
     data: str = "shakespeare"  # corpus name or a .txt/.jsonl file or folder
