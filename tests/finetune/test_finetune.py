@@ -7,6 +7,7 @@ import torch
 
 from llmkit import CausalLM
 from llmkit.finetune import FinetuneConfig, attach, finetune, load_virtual_tokens, prepare_base
+from llmkit.generate import generate
 from llmkit.io.hf import read_hf_state_dict
 from llmkit.peft import load_adapter
 from llmkit.tokenizer import Tokenizer
@@ -100,6 +101,19 @@ def test_saved_outputs_reproduce_the_trained_model(run, tiny_dir, ids):
         if cfg.merge or cfg.method == "full":
             merged = CausalLM.from_pretrained(out / "model")
             torch.testing.assert_close(merged(ids), want, rtol=0, atol=1e-4)
+
+
+def test_cached_generate_on_virtual_tokens_equals_naive_greedy(run, tiny_dir, ids):
+    cfg, _ = run
+    if cfg.method not in ("prefix", "prompt"):
+        pytest.skip("only prefix/prompt models go through AdapterLM")
+    model, tok = trained_model(tiny_dir, cfg), Tokenizer.from_pretrained(tiny_dir)
+    seq = ids
+    with torch.no_grad():
+        for _ in range(6):  # full forward over the whole sequence each step, no cache
+            seq = torch.cat([seq, model(seq)[:, -1:].argmax(-1)], dim=1)
+        got = generate(model, tok, [{"role": "user", "content": "Who wrote Emma?"}], max_new_tokens=6).token_ids[0]
+    assert got == seq[0, ids.shape[1]:ids.shape[1] + len(got)].tolist()
 
 
 def test_merging_virtual_tokens_is_refused():
