@@ -9,16 +9,17 @@ One function, :func:`speedrun`, runs the whole pipeline with embedded defaults:
 5. SFT: fine-tune on a chat set generated from the same corpus (assistant tokens only);
 6. report: ``report.md``, ``summary.json`` and PNG curves in the run directory.
 
-Time is the budget, not steps: a few timed calibration steps measure this
-machine's throughput, and the step counts are set so that pretraining and SFT
-fill their share of ``minutes``. The learning-rate schedules therefore still
-decay to their end, which matters more for the final loss than a few extra steps.
+Time is the budget, not steps: both stages use a warmup-stable-decay schedule
+whose length is re-estimated from the measured step time until the decay
+begins (:func:`fit_by_deadline`), so pretraining and SFT fill their share of
+``minutes`` and still decay fully, which matters more for the final loss than a
+few extra steps.
 """
 from __future__ import annotations
 
 import json
+import math
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,24 +121,51 @@ def _train_config(cfg: SpeedrunConfig, **kw):
     from llmkit.train import TrainConfig
 
     base = dict(device=cfg.device, dtype=cfg.dtype, seed=cfg.seed, log_every=5, save_every=0, keep_last=1,
-                eval_batches=10_000, grad_clip=1.0, weight_decay=0.1, beta2=0.95)
+                eval_batches=10_000, grad_clip=1.0, weight_decay=0.1, beta2=0.95, schedule="wsd", decay_fraction=0.3)
     return TrainConfig(**{**base, **kw})
 
 
-def _steps_for(seconds: float, calibration_tcfg, min_steps: int, max_steps: int = 100_000) -> tuple[int, float]:
-    """How many optimizer steps fit into ``seconds``, measured with a few real steps."""
-    from llmkit.train import Trainer
+def fit_by_deadline(trainer, deadline: float, min_steps: int):
+    """Train until the wall-clock ``deadline`` (time.perf_counter()), ending with a full WSD decay.
 
-    trainer = Trainer(calibration_tcfg)
-    trainer.train_step()  # warm-up (allocations, kernels)
-    start = time.perf_counter()
-    n = 3
-    for _ in range(n):
-        trainer.train_step()
-    per_step = (time.perf_counter() - start) / n
+    Before its decay starts, WSD's learning rate does not depend on ``max_steps``, so while
+    the run is still warming up or at constant rate, ``max_steps`` is re-estimated from the
+    measured step time without changing any step already taken. This keeps the budget even
+    when the machine's speed changes during the run (a busy neighbour on a laptop).
+
+    Returns:
+        (FitResult, evaluation on all validation data).
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from llmkit.train.metrics import plot_curves
+
+    keep = 1 - trainer.cfg.decay_fraction
+    start, first = time.perf_counter(), trainer.step
+    bar = tqdm(total=trainer.cfg.max_steps, desc=Path(trainer.cfg.out_dir).name, dynamic_ncols=True)
+    while trainer.step < trainer.cfg.max_steps:
+        record = trainer.train_step()
+        if trainer.metrics and trainer.step % trainer.cfg.log_every == 0:
+            trainer.metrics.write(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tok_per_s']:.0f}", lr=f"{record['lr']:.2e}")
+        done = trainer.step - first
+        if done >= 3 and trainer.step < int(trainer.cfg.max_steps * keep):
+            per_step = (time.perf_counter() - start) / done
+            target = trainer.step + int(max(deadline - time.perf_counter(), 0) / per_step)
+            target = max(target, min_steps, math.ceil((trainer.step + 1) / keep))  # decay starts after now
+            trainer.cfg = dataclasses.replace(trainer.cfg, max_steps=target)
+            bar.total = target
+    bar.close()
+    result = trainer.fit()  # nothing left to train: saves the checkpoint and exports out_dir/model
+    evaluation = trainer.evaluate()
+    if trainer.metrics:
+        trainer.metrics.write({"step": trainer.step, **evaluation})
+        plot_curves(trainer.metrics.read(), Path(trainer.cfg.out_dir) / "curves.png")
     trainer.close()
-    shutil.rmtree(calibration_tcfg.out_dir, ignore_errors=True)
-    return max(min_steps, min(max_steps, int(seconds / per_step))), per_step
+    return result, evaluation
 
 
 def samples(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int = 80) -> list[tuple[str, str]]:
@@ -171,33 +199,27 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
     chat_train, chat_val = chat_sets(cfg, run, train_docs, val_docs)
 
     # ----- pretraining, sized to the budget -----
-    budget = cfg.minutes * 60 - (time.perf_counter() - t0)
     from llmkit.train import ModelOverrides
 
+    train_seconds = cfg.minutes * 60 - (time.perf_counter() - t0)
     overrides = ModelOverrides(vocab_size=tokenizer.vocab_size, max_seq_len=max(cfg.seq_len, cfg.sft_seq_len))
-    pre_kw = dict(task="pretrain", model=cfg.preset, model_overrides=overrides, data=str(run / "data"),
-                  tokenizer=str(run / "tokenizer"), seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
-                  min_lr=cfg.lr / 10, schedule="wsd", decay_fraction=0.3)
-    calib = _train_config(cfg, **pre_kw, max_steps=10, warmup_steps=1, eval_every=0, plot=False,
-                          out_dir=str(run / "calibration"))
-    pre_steps, step_s = _steps_for(budget * PRETRAIN_SHARE, calib, min_steps=20)
-    _log(f"pretrain: {step_s * 1000:.0f} ms/step -> {pre_steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens")
-    # one evaluation, at the end, over the whole held-out text: intermediate full evaluations would
-    # cost a sizeable share of a ten-minute budget
-    pre_cfg = _train_config(cfg, **pre_kw, max_steps=pre_steps, warmup_steps=max(10, pre_steps // 20),
-                            eval_every=0, out_dir=str(run / "pretrain"))
+    # one evaluation, at the end, over the whole held-out text: intermediate full evaluations
+    # would cost a sizeable share of a ten-minute budget
+    pre_cfg = _train_config(cfg, task="pretrain", model=cfg.preset, model_overrides=overrides, data=str(run / "data"),
+                            tokenizer=str(run / "tokenizer"), seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                            lr=cfg.lr, min_lr=cfg.lr / 10, warmup_steps=20, max_steps=100_000, eval_every=0,
+                            out_dir=str(run / "pretrain"))
     trainer = Trainer(pre_cfg)
     n_params = trainer.model.num_parameters()
     start = time.perf_counter()
-    pre = trainer.fit()
+    pre, pre_eval = fit_by_deadline(trainer, start + train_seconds * PRETRAIN_SHARE, min_steps=30)
     pre_wall = time.perf_counter() - start
     model_cfg = trainer.model.cfg
-    trainer.close()
     pre_tokens = pre.step * cfg.batch_size * cfg.seq_len
     tokens_per_s = pre_tokens / pre_wall
     peak = measure_peak_flops(trainer.d.device, torch.bfloat16 if cfg.dtype == "bf16" else torch.float32)
     mfu = tokens_per_s * train_flops_per_token(model_cfg, cfg.seq_len) / peak
-    _log(f"pretrain: val loss {pre.eval.get('val_loss', float('nan')):.4f}, val bpb {pre.eval.get('val_bpb', float('nan')):.4f}, "
+    _log(f"pretrain: {pre.step} steps, val loss {pre_eval['val_loss']:.4f}, val bpb {pre_eval['val_bpb']:.4f}, "
          f"{tokens_per_s:,.0f} tok/s, MFU {mfu:.1%}")
 
     # ----- samples before SFT -----
@@ -207,30 +229,24 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
     before = {"text": samples(base, tokenizer, text_prompts, chat=False), "chat": samples(base, tokenizer, chat_prompts, chat=True)}
 
     # ----- SFT -----
-    remaining = cfg.minutes * 60 - (time.perf_counter() - t0)
-    sft_kw = dict(task="sft", model=str(run / "pretrain" / "model"), tokenizer=str(run / "tokenizer"),
-                  data=str(chat_train), val_data=str(chat_val), seq_len=cfg.sft_seq_len, batch_size=16, lr=cfg.sft_lr,
-                  min_lr=cfg.sft_lr / 10, schedule="cosine")
-    calib = _train_config(cfg, **sft_kw, max_steps=10, warmup_steps=1, eval_every=0, plot=False,
-                          out_dir=str(run / "calibration-sft"))
-    sft_share = SFT_SHARE / (1 - PRETRAIN_SHARE)  # of what is left now
-    sft_steps, _ = _steps_for(max(remaining, 0) * sft_share, calib, min_steps=10)
-    sft_cfg = _train_config(cfg, **sft_kw, max_steps=sft_steps, warmup_steps=max(5, sft_steps // 20),
-                            eval_every=max(sft_steps // 3, 1), out_dir=str(run / "sft"))
+    sft_cfg = _train_config(cfg, task="sft", model=str(run / "pretrain" / "model"), tokenizer=str(run / "tokenizer"),
+                            data=str(chat_train), val_data=str(chat_val), seq_len=cfg.sft_seq_len, batch_size=16,
+                            lr=cfg.sft_lr, min_lr=cfg.sft_lr / 10, warmup_steps=5, max_steps=100_000, eval_every=0,
+                            out_dir=str(run / "sft"))
     trainer = Trainer(sft_cfg)
     sft_before = trainer.evaluate()
-    sft = trainer.fit()
-    trainer.close()
-    _log(f"sft: {sft.step} steps, chat val loss {sft_before.get('val_loss', float('nan')):.4f} -> "
-         f"{sft.eval.get('val_loss', float('nan')):.4f}")
+    remaining = cfg.minutes * 60 - (time.perf_counter() - t0)
+    sft_seconds = max(remaining - 20, 0) * SFT_SHARE / (1 - PRETRAIN_SHARE)  # keep ~20 s for samples and report
+    sft, sft_eval = fit_by_deadline(trainer, time.perf_counter() + sft_seconds, min_steps=10)
+    _log(f"sft: {sft.step} steps, chat val loss {sft_before['val_loss']:.4f} -> {sft_eval['val_loss']:.4f}")
     tuned = CausalLM.from_pretrained(run / "sft" / "model")
     after = {"chat": samples(tuned, tokenizer, chat_prompts, chat=True)}
 
     summary = {
-        "val_bpb": pre.eval.get("val_bpb"), "val_loss": pre.eval.get("val_loss"), "train_tokens": pre_tokens,
+        "val_bpb": pre_eval["val_bpb"], "val_loss": pre_eval["val_loss"], "train_tokens": pre_tokens,
         "params": n_params, "wall_s": round(time.perf_counter() - t0, 1), "tokens_per_s": round(tokens_per_s, 1),
         "mfu": round(mfu, 4), "peak_flops": peak, "pretrain_steps": pre.step, "sft_steps": sft.step,
-        "sft_val_loss_before": sft_before.get("val_loss"), "sft_val_loss_after": sft.eval.get("val_loss"),
+        "sft_val_loss_before": sft_before["val_loss"], "sft_val_loss_after": sft_eval["val_loss"],
         "data": stats, "config": asdict(cfg), "model_config": model_cfg.to_dict(),
         "device": str(trainer.d.device), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
     }
