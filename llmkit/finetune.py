@@ -18,14 +18,16 @@ Outputs in ``out_dir``:
 
 - ``adapter/``: LoRA/DoRA/QLoRA in peft's format (:func:`llmkit.peft.save_adapter`),
   which ``llmkit chat --model BASE --adapter out_dir/adapter`` and peft load.
-  peft's format has no llmkit equivalent for prefix/prompt tuning, so those save
-  ``virtual_tokens.safetensors`` (the trainable tensors, named as in the wrapped
-  model) + ``virtual_tokens.json`` (method, length, base), read back by
+  ``save_adapter`` covers the LoRA family and IA3 only, so prefix/prompt tuning
+  save ``virtual_tokens.safetensors`` (the trainable tensors, named as in the
+  wrapped model) + ``virtual_tokens.json`` (method, length, base), read back by
   :func:`load_virtual_tokens`.
 - ``model/``: with ``merge`` (LoRA family) or always for ``full``, the merged
   model in HF layout with the tokenizer beside it (``llmkit chat --model out_dir/model``).
   A merged QLoRA model holds the dequantised NF4 base plus the update.
 - ``train/``: the Trainer's metrics, curves and checkpoints (for ``resume``).
+
+It runs in one process (not under torchrun): the outputs are written by it alone.
 
 Defaults. ``target_modules`` is every linear layer but the head ("all-linear"):
 the QLoRA paper (Dettmers et al. 2023, arXiv:2305.14314, sec. 4) found LoRA on
@@ -368,13 +370,15 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any] | None:
 
     trainer = Trainer(train_config(cfg, train_path, val_path, source), model=model, resume=cfg.resume)
     try:
-        with disable_adapters(model):  # the starting point (full fine-tuning: the weights as they are now)
+        with disable_adapters(model):  # the starting point (full fine-tuning: the weights as loaded or resumed)
             before = trainer.evaluate()
         if before:
             print(f"llmkit finetune: before: {_loss_line(before)}", flush=True)
         start = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - start
+        # the last step evaluates; a resumed run that was already finished has no last step
+        after = {} if result.interrupted else result.eval or trainer.evaluate()
     finally:
         trainer.close()
     if result.interrupted:
@@ -383,7 +387,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any] | None:
     # the Trainer exports its model as an HF directory; with adapters that holds wrapper tensor names no loader
     # takes (and for full fine-tuning it would duplicate out_dir/model), so our outputs replace it
     shutil.rmtree(out / "train" / "model", ignore_errors=True)
-    after = result.eval or trainer.evaluate()
     if after:
         print(f"llmkit finetune: after:  {_loss_line(after)}", flush=True)
     after_answers = _answers(model, tokenizer, [conv[:-1] for conv in held_out])
