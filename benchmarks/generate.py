@@ -1,8 +1,10 @@
 """Generation speed on SmolLM2-135M-Instruct: llmkit vs transformers ``generate`` (and llama.cpp when installed).
 
 All engines load the same GGUF file: llmkit and transformers dequantise it to
-fp32 (and cast to bf16 for the bf16 rows); llama-cpp-python, if installed,
-runs the Q4_1 weights natively, so its rows compare engines, not dtypes.
+fp32 (and cast to bf16 for the bf16 rows). llama-cpp-python, if installed,
+runs the Q4_1 file natively and, for a same-precision comparison, copies of it
+that llama.cpp's own quantizer converts to F32 and BF16 (the same dequantised
+values the other engines run; written once to ``~/.cache/llmkit/bench``).
 Measured, each as the best of ``--repeats`` runs, greedy, EOS disabled so
 every run generates exactly the requested tokens:
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+
+from pathlib import Path
 
 import torch
 
@@ -83,11 +87,33 @@ def transformers_engine(path, dtype: torch.dtype) -> Run:
     return run
 
 
-def llama_cpp_engine(path, threads: int) -> Run | None:
+LLAMA_FTYPES = {"fp32": "LLAMA_FTYPE_ALL_F32", "bf16": "LLAMA_FTYPE_MOSTLY_BF16"}
+
+
+def llama_cpp_gguf(path, dtype: str):
+    """``path`` converted by llama.cpp to ``dtype`` ("fp32"/"bf16"; "q4_1" is the file itself)."""
+    import llama_cpp
+
+    if dtype == "q4_1":
+        return path
+    out = Path.home() / ".cache" / "llmkit" / "bench" / f"{path.stem}.{dtype}.gguf"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize = getattr(llama_cpp, LLAMA_FTYPES[dtype]), True
+        tmp = out.with_suffix(".tmp")
+        if llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), params) != 0:
+            raise RuntimeError(f"llama.cpp could not convert {path} to {dtype}")
+        tmp.rename(out)
+    return out
+
+
+def llama_cpp_engine(path, dtype: str, threads: int) -> Run | None:
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
+    path = llama_cpp_gguf(path, dtype)
     llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=threads, verbose=False)
     no_eos = {llm.token_eos(): float("-inf")}
 
@@ -158,7 +184,10 @@ def main() -> None:
             rows[name, "llmkit+compile"] = measure(llmkit_engine(model, True), long_prompt, batch, n, repeats)
         del model
         rows[name, "transformers"] = measure(transformers_engine(path, dtype), long_prompt, batch, n, repeats)
-    cpp = llama_cpp_engine(path, threads)
+        cpp = llama_cpp_engine(path, name, threads)
+        if cpp is not None:
+            rows[name, "llama.cpp"] = measure(cpp, long_prompt, batch, n, repeats)
+    cpp = llama_cpp_engine(path, "q4_1", threads)
     if cpp is not None:
         rows["q4_1", "llama.cpp"] = measure(cpp, long_prompt, batch, n, repeats)
 
@@ -172,7 +201,7 @@ def main() -> None:
     for name in args.dtypes.split(","):
         ours = [v for (d, e), v in rows.items() if d == name and e.startswith("llmkit")]
         best = (min(v[0] for v in ours), max(v[1] for v in ours), max(v[2] for v in ours))
-        others = [(e, v) for (d, e), v in rows.items() if not e.startswith("llmkit") and d in (name, "q4_1")]
+        others = [(e, v) for (d, e), v in rows.items() if not e.startswith("llmkit") and d == name]
         for engine, (ttft, b1, b8) in others:
             print(f"  {name} vs {engine:<13} TTFT x{ttft / best[0]:.2f}   decode b1 x{best[1] / b1:.2f}   "
                   f"decode b8 x{best[2] / b8:.2f}")

