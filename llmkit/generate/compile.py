@@ -4,7 +4,7 @@ Decoding one token is a few hundred small kernels whose launch overhead (and
 Python's) dominates a small model's step; compiling fuses them, and on CUDA
 ``mode="reduce-overhead"`` replays the whole step as one CUDA graph (the
 gpt-fast recipe). CUDA graphs do not exist on CPU, where the default mode is
-used (inductor's C++/OpenMP kernels), with small-batch linear layers rewritten
+used (inductor's C++/OpenMP kernels), with batch-1 linear layers rewritten
 as multiply-and-sum reductions (:mod:`llmkit.generate.rowwise`) that inductor
 turns into bandwidth-bound loops, about 2.7x faster than torch's CPU GEMM for
 one row.
