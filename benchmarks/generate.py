@@ -27,9 +27,9 @@ TTFT against the eager rows' tighter cache.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
-
 from pathlib import Path
 
 import torch
@@ -90,7 +90,7 @@ def transformers_engine(path, dtype: torch.dtype) -> Run:
 LLAMA_FTYPES = {"fp32": "LLAMA_FTYPE_ALL_F32", "bf16": "LLAMA_FTYPE_MOSTLY_BF16"}
 
 
-def llama_cpp_gguf(path, dtype: str):
+def llama_cpp_gguf(path: Path, dtype: str) -> Path:
     """``path`` converted by llama.cpp to ``dtype`` ("fp32"/"bf16"; "q4_1" is the file itself)."""
     import llama_cpp
 
@@ -203,8 +203,9 @@ def main() -> None:
         best = (min(v[0] for v in ours), max(v[1] for v in ours), max(v[2] for v in ours))
         others = [(e, v) for (d, e), v in rows.items() if not e.startswith("llmkit") and d == name]
         for engine, (ttft, b1, b8) in others:
+            b8_ratio = "n/a (no batch path)" if math.isnan(b8) else f"x{best[2] / b8:.2f}"
             print(f"  {name} vs {engine:<13} TTFT x{ttft / best[0]:.2f}   decode b1 x{best[1] / b1:.2f}   "
-                  f"decode b8 x{best[2] / b8:.2f}")
+                  f"decode b8 {b8_ratio}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 import torch
 import torch.nn.functional as F
 
+from llmkit.generate import compile as compile_mod
+from llmkit.generate import rowwise as rowwise_mod
 from llmkit.generate.rowwise import RowwiseLinear, rowwise, rowwise_linear
 
 
@@ -25,23 +27,41 @@ def test_rowwise_linear_bf16_accumulates_in_fp32():
     torch.testing.assert_close(y.double(), exact, rtol=1e-2, atol=1e-2)
 
 
-def test_mode_rewrites_only_small_batches():
+def _spy(monkeypatch) -> list:
+    """Record the row counts that reach rowwise_linear (the mode looks it up at call time)."""
+    calls = []
+
+    def spy(x, weight, bias=None):
+        calls.append(x.numel() // x.shape[-1])
+        return rowwise_linear(x, weight, bias)
+
+    monkeypatch.setattr(rowwise_mod, "rowwise_linear", spy)
+    return calls
+
+
+def test_mode_rewrites_only_small_batches(monkeypatch):
+    calls = _spy(monkeypatch)
     w, b = _weights()
     one, many = torch.randn(1, 1, 32), torch.randn(3, 1, 32)
+    module = torch.nn.Linear(32, 48)
     with RowwiseLinear(max_rows=2):
-        small, large = F.linear(one, w, b), F.linear(many, w, b)
-        module = torch.nn.Linear(32, 48)
-        via_module = module(one)
-    assert torch.equal(small, rowwise_linear(one, w, b))
+        small, large, via_module = F.linear(one, w, b), F.linear(many, w, b), module(one)
+    assert calls == [1, 1]  # the 3-row call kept F.linear
     assert torch.equal(large, F.linear(many, w, b))
-    assert torch.equal(via_module, rowwise_linear(one, module.weight, module.bias))
+    torch.testing.assert_close(small, F.linear(one, w, b), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(via_module, module(one), rtol=1e-5, atol=1e-5)
 
 
-def test_rowwise_wraps_a_function():
-    w, _ = _weights()
-    x = torch.randn(1, 32)
-    fn = rowwise(lambda a: F.linear(a, w), max_rows=1)
-    assert torch.equal(fn(x), rowwise_linear(x, w))
+def test_compile_step_rewrites_on_cpu_only(monkeypatch):
+    calls = _spy(monkeypatch)
+    traced = []
+    monkeypatch.setattr(compile_mod.torch, "compile", lambda fn, **kw: traced.append(fn) or fn)
+    w = _weights()[0]
+    step = lambda a: F.linear(a, w)  # noqa: E731
+    compile_mod.compile_step(step, torch.device("cpu"))(torch.randn(1, 32))
+    assert calls == [1]
+    compile_mod.compile_step(step, torch.device("cuda"))
+    assert traced[-1] is step  # CUDA graphs instead
 
 
 def test_compiled_rowwise_matches_linear():
