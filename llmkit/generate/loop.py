@@ -6,11 +6,12 @@ on top of the model forward:
 
 - the KV cache is allocated once per generation shape (``setup_caches``) and
   kept on the model; a later call with the same batch and length bucket
-  reuses it. Attention reads every slot of the static cache, so the bucket
-  is tight (a multiple of 64) when decoding eagerly; the compiled step is
-  specialised to the cache shape, so there buckets are powers of two from
-  256, and a chat whose history grows recompiles a handful of times rather
-  than every few turns, for up to twice the attention work;
+  reuses it. torch's attention reads every slot of the static cache, so the
+  bucket is tight (a multiple of 64) when decoding eagerly; the compiled step
+  is specialised to the cache shape, so there buckets are powers of two from
+  256 and a chat whose history grows recompiles a handful of times rather
+  than every few turns (on CPU its attention kernel reads only the filled
+  slots; on CUDA the spare slots cost up to twice the attention work);
 - the prompt is prefilled in one forward (eager: its length varies);
 - each decode step (forward + logits processing + token choice) is one
   compiled function of static shapes: the (B, S) attention mask is built

@@ -31,10 +31,17 @@ from torch.overrides import TorchFunctionMode
 # measured on SmolLM2-135M decode: one row is 2.7x faster than the GEMM; with 4 or 8 rows the
 # GEMM wins in bf16 (the loop re-reads each weight per row) and fp32 is on par, so batches keep it
 MAX_ROWS = 1
+# inductor inlines the input's pointwise producer (the final RMSNorm before the LM head) into the
+# reduction and recomputes it for every output row, which makes the LM head's 49k-row loop compute
+# bound (~21 GB/s); materialising the input first costs one extra loop and barrier, which only pays
+# off on matrices this large (measured on SmolLM2: the LM head gains, the 1M-weight layers lose)
+MATERIALISE_INPUT_FROM = 1 << 22
 
 
 def rowwise_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` as multiply-and-sum: x (..., in), weight (out, in), bias (out,) -> (..., out) in x's dtype."""
+    if weight.numel() >= MATERIALISE_INPUT_FROM:
+        x = x.as_strided(x.shape, x.stride())  # an identity view that inductor must materialise
     y = (x.unsqueeze(-2).float() * weight.float()).sum(-1)
     if bias is not None:
         y = y + bias.float()

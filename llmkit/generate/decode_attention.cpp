@@ -1,0 +1,183 @@
+// Decode attention for CPU: a few query rows per head against a long static KV cache.
+//
+// out[b, h, i] = sum_s p[s] v[b, h, s],  p = softmax over the slots s with mask[b, s]
+// of scale * q[b, h, i] . k[b, h, s].
+//
+// Every query row of a (batch, head) shares one mask row, which is the decode case
+// (one new token; grouped query heads folded into the row axis). The cache is split
+// into chunks of slots (flash-decoding): each (batch, head, chunk) task runs an
+// online softmax over the chunk's allowed slots only, so unwritten slots cost a mask
+// byte and nothing else, and the tasks spread over the threads even for 3 heads.
+// The chunks' partial results are merged by their running maxima and sums.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 128;  // slots per task, at most
+constexpr int64_t kBlock = 32;   // slots scored together before one softmax rescale
+// the running max before any slot: finite, because the file is built with -ffast-math
+// (vectorised exp) under which infinities are not handled
+constexpr float kNoMax = -1e30f;
+
+template <typename T>
+inline void to_float(const T* src, float* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]);
+}
+
+// bf16 is the top half of a float: a shift the compiler vectorises (c10's conversion does not)
+template <>
+inline void to_float(const at::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = __builtin_bit_cast(float, static_cast<uint32_t>(bits[j]) << 16);
+}
+
+// One task: rows qf (nq, d) already scaled, slots [s0, s1) of one (batch, head).
+// Writes part = [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
+template <typename T, int64_t D, int64_t DV>
+void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int64_t s0, int64_t s1,
+                  int64_t nq, int64_t d_, int64_t dv_, float* part) {
+  // head sizes known at compile time (D, DV > 0) let the compiler unroll the short row loops
+  const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
+  float* m = part;
+  float* l = part + nq;
+  float* acc = part + 2 * nq;
+  std::fill(m, m + nq, kNoMax);
+  std::fill(l, l + nq, 0.f);
+  std::fill(acc, acc + nq * dv, 0.f);
+  std::vector<float> row(std::max(d, dv));
+  std::vector<float> p(nq * kBlock);
+  int64_t idx[kBlock];
+  for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
+    int64_t n = 0;
+    for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
+      if (mask[s]) idx[n++] = s;
+    if (n == 0) continue;
+    for (int64_t t = 0; t < n; ++t) {
+      to_float(k + idx[t] * d, row.data(), d);
+      for (int64_t i = 0; i < nq; ++i) {
+        const float* qi = qf + i * d;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < d; ++j) dot += qi[j] * row[j];
+        p[i * kBlock + t] = dot;
+      }
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      float* pi = p.data() + i * kBlock;
+      float mx = m[i];
+      for (int64_t t = 0; t < n; ++t) mx = std::max(mx, pi[t]);
+      const float corr = std::exp(m[i] - mx);  // 0 on the first block
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = 0; t < n; ++t) {
+        pi[t] = std::exp(pi[t] - mx);
+        sum += pi[t];
+      }
+      l[i] = l[i] * corr + sum;
+      m[i] = mx;
+      float* ai = acc + i * dv;
+#pragma omp simd
+      for (int64_t j = 0; j < dv; ++j) ai[j] *= corr;
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      to_float(v + idx[t] * dv, row.data(), dv);
+      for (int64_t i = 0; i < nq; ++i) {
+        const float w = p[i * kBlock + t];
+        float* ai = acc + i * dv;
+#pragma omp simd
+        for (int64_t j = 0; j < dv; ++j) ai[j] += w * row[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, double scale,
+         at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3);
+  const int64_t S = k.size(2), dv = v.size(3);
+  const bool* mp = mask.data_ptr<bool>();
+  const int64_t mask_stride = mask.size(0) == 1 ? 0 : S;
+  // attend over slots [0, span), the last allowed slot of any row and before, in equal chunks
+  int64_t span = 0;
+  for (int64_t b = 0; b < mask.size(0); ++b)
+    for (int64_t s = S; s > span; --s)
+      if (mp[b * S + s - 1]) {
+        span = s;
+        break;
+      }
+  const int64_t chunks = std::max<int64_t>(1, (span + kChunk - 1) / kChunk);
+  const int64_t chunk_len = std::max<int64_t>(1, (span + chunks - 1) / chunks);
+  const int64_t part_size = nq * (dv + 2);
+  const at::Tensor qc = q.contiguous();
+  std::vector<float> qf(B * H * nq * d);
+  to_float(qc.data_ptr<T>(), qf.data(), qf.size());
+  for (float& x : qf) x *= static_cast<float>(scale);
+  std::vector<float> parts(B * H * chunks * part_size);
+  const float* qp = qf.data();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  auto* attend = d == 64 && dv == 64     ? attend_chunk<T, 64, 64>
+                 : d == 128 && dv == 128 ? attend_chunk<T, 128, 128>
+                                         : attend_chunk<T, 0, 0>;
+  at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task % chunks, bh = task / chunks, b = bh / H;
+      const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
+      attend(qp + bh * nq * d, kp + bh * S * d, vp + bh * S * dv, mp + b * mask_stride, s0, s1, nq, d, dv,
+             parts.data() + task * part_size);
+    }
+  });
+  // merge the chunks of each (batch, head): rescale every chunk to the common maximum
+  T* op = out.data_ptr<T>();
+  std::vector<float> o(dv);
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    for (int64_t i = 0; i < nq; ++i) {
+      float mx = kNoMax;
+      for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, parts[(bh * chunks + c) * part_size + i]);
+      std::fill(o.begin(), o.end(), 0.f);
+      float total = 0.f;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* part = parts.data() + (bh * chunks + c) * part_size;
+        if (part[nq + i] == 0.f) continue;  // no allowed slot in this chunk
+        const float w = std::exp(part[i] - mx);
+        total += w * part[nq + i];
+        const float* a = part + 2 * nq + i * dv;
+        for (int64_t j = 0; j < dv; ++j) o[j] += w * a[j];
+      }
+      const float inv = total > 0.f ? 1.f / total : 0.f;  // no allowed slot at all: zeros
+      T* dst = op + (bh * nq + i) * dv;
+      for (int64_t j = 0; j < dv; ++j) dst[j] = static_cast<T>(o[j] * inv);
+    }
+  }
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                            double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be (B, H, T, D)");
+  TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
+              "decode_attention: k must be (B, H, S, D) for q (B, H, T, D)");
+  TORCH_CHECK(v.sizes().slice(0, 3) == k.sizes().slice(0, 3), "decode_attention: v must be (B, H, S, Dv)");
+  TORCH_CHECK(mask.dim() == 2 && mask.size(1) == k.size(2) && (mask.size(0) == 1 || mask.size(0) == q.size(0)),
+              "decode_attention: mask must be (B or 1, S)");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
+              "decode_attention: q, k, v must share a dtype");
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
+  const at::Tensor kc = k.contiguous(), vc = v.contiguous(), mc = mask.to(at::kBool).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention",
+                                  [&] { run<scalar_t>(q, kc, vc, mc, scale, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llmkit, m) { m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(llmkit, CPU, m) { m.impl("decode_attention", &decode_attention); }

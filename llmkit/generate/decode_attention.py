@@ -1,0 +1,109 @@
+"""A C++ attention kernel for CPU decoding, swapped into the compiled decode step.
+
+Decoding attends one new token per sequence over the whole KV cache. On CPU,
+torch's fused attention (``_scaled_dot_product_flash_attention_for_cpu``) is
+built for long query blocks: for SmolLM2-135M's decode shape (3 K/V heads with
+3 query rows each after the grouped-query fold, 64-dim heads) it spends about
+160 us per layer in the compiled step, a third of the whole step, although a
+layer's cache is under 1 MB. It also attends over every slot of the static
+cache, filled or not, and splits work by head only (3 tasks for 2 threads).
+
+``decode_attention.cpp`` is the flash-decoding recipe written for this case:
+the slots up to the last one the mask allows are cut into equal chunks, each
+(batch, head, chunk) task runs an online softmax over its allowed slots with
+vectorised fp32 arithmetic (bf16/fp16 caches are widened row by row), and the
+chunks' partial sums are merged by their running maxima. It is 2-3x faster
+than the fused kernel on that shape (``benchmarks/generate.py`` shows the
+whole-step effect).
+
+The kernel is compiled on first use with torch's C++ extension builder (a C++
+compiler with OpenMP and ninja, as ``torch.compile`` on CPU needs anyway) and
+cached by torch under ``~/.cache/torch_extensions``. When it cannot be built,
+a warning says why and the step keeps torch's attention.
+:class:`DecodeAttention` swaps it in for ``F.scaled_dot_product_attention``
+calls that have the decode shape, the way :mod:`llmkit.generate.rowwise` swaps
+linears, so the model's code does not change.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+SOURCE = Path(__file__).with_name("decode_attention.cpp")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def load() -> bool:
+    """Build (once per machine) and load the kernel; False, with a warning, if that fails."""
+    from torch.utils.cpp_extension import load as build
+
+    log.info("building the CPU decode-attention kernel (once; cached by torch)")
+    try:
+        build("llmkit_decode_attention", [str(SOURCE)], is_python_module=False,
+              extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"])
+    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: keep torch's attention
+        warnings.warn(f"the CPU decode-attention kernel could not be built ({type(e).__name__}: {e}); "
+                      "decoding with torch's attention", RuntimeWarning, stacklevel=2)
+        return False
+    torch.library.register_fake("llmkit::decode_attention")(_shape)
+    return True
+
+
+def _shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale over the allowed slots) v, with one mask row per sequence.
+
+    Args:
+        q: (B, H, T, D) queries; T is small (decoding).
+        k: (B, H, S, D) keys, v: (B, H, S, Dv) values, all one dtype (fp32, bf16 or fp16).
+        mask: bool (B or 1, S), True = may attend; every query row of a sequence shares it.
+        scale: multiplier of the scores.
+    Returns:
+        (B, H, T, Dv) in q's dtype; zeros for a sequence with no allowed slot.
+    Requires :func:`load` to have returned True.
+    """
+    return torch.ops.llmkit.decode_attention(q, k, v, mask, scale)
+
+
+def _as_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> tuple | None:
+    """An SDPA call's (q, k, v, mask (B or 1, S), scale) if the kernel computes it, else None.
+
+    That is: CPU tensors of one supported dtype, equal head counts, no dropout, and a bool
+    mask with one row per sequence (B or 1, 1, 1, S).
+    """
+    m = attn_mask
+    if (m is None or m.dtype != torch.bool or m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or is_causal
+            or dropout_p != 0.0 or query.device.type != "cpu" or query.dim() != 4
+            or query.shape[1] != key.shape[1] or not query.dtype == key.dtype == value.dtype
+            or query.dtype not in DTYPES):
+        return None
+    return query, key, value, m.reshape(m.shape[0], m.shape[-1]), query.shape[-1] ** -0.5 if scale is None else scale
+
+
+class DecodeAttention(TorchFunctionMode):
+    """While active, decode-shaped ``F.scaled_dot_product_attention`` calls run the C++ kernel.
+
+    Meant for traced (compiled) steps; :func:`load` must have returned True.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            call = _as_decode(*args, **kwargs)
+            if call is not None:
+                return decode_attention(*call)
+        return func(*args, **kwargs)
