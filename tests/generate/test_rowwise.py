@@ -69,3 +69,13 @@ def test_compiled_rowwise_matches_linear():
     x = torch.randn(1, 32)
     compiled = torch.compile(rowwise(lambda a: F.linear(a, w, b)), fullgraph=True, dynamic=False)
     torch.testing.assert_close(compiled(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_materialised_input_keeps_the_product(monkeypatch):
+    """Large weights first materialise their input (an identity view); compiled, the result is unchanged."""
+    monkeypatch.setattr(rowwise_mod, "MATERIALISE_INPUT_FROM", 0)
+    w, b = _weights()
+    x = torch.randn(1, 32)
+    norm = torch.nn.RMSNorm(32)
+    compiled = torch.compile(rowwise(lambda a: F.linear(norm(a), w, b)), fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(x), F.linear(norm(x), w, b), rtol=1e-5, atol=1e-5)
