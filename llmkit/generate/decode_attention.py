@@ -12,9 +12,9 @@ cache, filled or not, and splits work by head only (3 tasks for 2 threads).
 the slots up to the last one the mask allows are cut into equal chunks, each
 (batch, head, chunk) task runs an online softmax over its allowed slots with
 vectorised fp32 arithmetic (bf16/fp16 caches are widened row by row), and the
-chunks' partial sums are merged by their running maxima. It is 2-3x faster
-than the fused kernel on that shape (``benchmarks/generate.py`` shows the
-whole-step effect).
+chunks' partial sums are merged by their running maxima. In SmolLM2's
+compiled bf16 step it takes about 50 us per layer against the fused kernel's
+160 us (``benchmarks/generate.py`` shows the whole-step effect).
 
 The kernel is compiled on first use with torch's C++ extension builder (a C++
 compiler with OpenMP and ninja, as ``torch.compile`` on CPU needs anyway) and
