@@ -6,7 +6,18 @@ from llmkit.generate import compile as compile_mod
 from llmkit.generate import decode_attention as da
 from llmkit.model.attention import attend
 
-pytestmark = pytest.mark.skipif(not da.load(), reason="the C++ decode-attention kernel could not be built here")
+built = pytest.mark.skipif(not da.load(), reason="the C++ decode-attention kernel could not be built here")
+
+
+def test_a_failed_build_warns_and_reports_false(monkeypatch):
+    import torch.utils.cpp_extension as ext
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(ext, "load", broken)
+    with pytest.warns(RuntimeWarning, match="Ninja is required"):
+        assert da.load.__wrapped__() is False
 
 
 def _inputs(b=2, h=3, t=3, s=300, d=64, dv=None, dtype=torch.float32, seed=0):
@@ -24,6 +35,7 @@ def _reference(q, k, v, mask, scale):
     return scores.softmax(-1) @ v.double()
 
 
+@built
 @pytest.mark.parametrize("d", [64, 128, 40])  # the two unrolled head sizes and the generic path
 def test_matches_softmax_attention(d):
     q, k, v = _inputs(d=d)
@@ -35,6 +47,7 @@ def test_matches_softmax_attention(d):
     torch.testing.assert_close(out.double(), _reference(q, k, v, mask, d ** -0.5), rtol=1e-5, atol=1e-5)
 
 
+@built
 def test_reads_only_allowed_slots():
     q, k, v = _inputs(b=1)
     mask = torch.zeros(1, 300, dtype=torch.bool)
@@ -46,6 +59,7 @@ def test_reads_only_allowed_slots():
     torch.testing.assert_close(out.double(), _reference(q, k, v, mask, 0.125), rtol=1e-5, atol=1e-5)
 
 
+@built
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_accumulates_in_fp32(dtype):
     q, k, v = _inputs(dtype=dtype, dv=32)
@@ -58,12 +72,14 @@ def test_half_precision_accumulates_in_fp32(dtype):
     assert (out.double() - exact).abs().max() <= 2 * (fused.double() - exact).abs().max() + 1e-3
 
 
+@built
 def test_no_allowed_slot_gives_zeros():
     q, k, v = _inputs(b=1)
     out = da.decode_attention(q, k, v, torch.zeros(1, 300, dtype=torch.bool), 0.125)
     assert torch.equal(out, torch.zeros_like(out))
 
 
+@built
 def test_bad_shapes_raise():
     q, k, v = _inputs()
     with pytest.raises(RuntimeError, match="mask must be"):
@@ -84,6 +100,7 @@ def _spy(monkeypatch) -> list:
     return calls
 
 
+@built
 def test_mode_swaps_decode_calls_only(monkeypatch):
     calls = _spy(monkeypatch)
     q, k, v = _inputs(t=1)  # one new token
@@ -100,6 +117,7 @@ def test_mode_swaps_decode_calls_only(monkeypatch):
     assert dropped.shape == decode.shape
 
 
+@built
 def test_mode_takes_grouped_query_decoding(monkeypatch):
     """attend() folds a token's grouped query heads into rows of their K/V head: one kernel call."""
     calls = _spy(monkeypatch)
@@ -112,6 +130,7 @@ def test_mode_takes_grouped_query_decoding(monkeypatch):
     torch.testing.assert_close(out, attend(q, k, v, mask, 0.125, impl="eager"), rtol=1e-5, atol=1e-5)
 
 
+@built
 def test_compiled_step_calls_the_kernel(monkeypatch):
     calls = _spy(monkeypatch)
     q, k, v = _inputs(t=1)
@@ -119,3 +138,13 @@ def test_compiled_step_calls_the_kernel(monkeypatch):
     step = compile_mod.compile_step(lambda q, k, v, m: attend(q, k, v, m, 0.125), torch.device("cpu"))
     torch.testing.assert_close(step(q, k, v, mask), attend(q, k, v, mask, 0.125), rtol=1e-5, atol=1e-5)
     assert calls  # traced through the mode
+
+
+def test_compiled_step_without_the_kernel_keeps_torch_attention(monkeypatch):
+    monkeypatch.setattr(da, "load", lambda: False)
+    calls = _spy(monkeypatch)
+    q, k, v = _inputs(t=1)
+    mask = torch.ones(2, 1, 1, 300, dtype=torch.bool)
+    step = compile_mod.compile_step(lambda q, k, v, m: attend(q, k, v, m, 0.125), torch.device("cpu"))
+    torch.testing.assert_close(step(q, k, v, mask), attend(q, k, v, mask, 0.125), rtol=1e-5, atol=1e-5)
+    assert calls == []
