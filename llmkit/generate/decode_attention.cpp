@@ -38,12 +38,50 @@ inline void to_float(const at::BFloat16* src, float* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = __builtin_bit_cast(float, static_cast<uint32_t>(bits[j]) << 16);
 }
 
+// scores[t] = q . rows[t] for the n rows of a block (row length d, D when known at compile time)
+template <int64_t D>
+inline void dots(const float* __restrict q, const float* __restrict rows, int64_t n, int64_t d_,
+                 float* __restrict scores) {
+  const int64_t d = D > 0 ? D : d_;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = rows + t * d;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < d; ++j) dot += q[j] * r[j];
+    scores[t] = dot;
+  }
+}
+
+// acc = acc * corr + sum_t w[t] rows[t]; with DV known the accumulator lives in registers
+template <int64_t DV>
+inline void accumulate(float* __restrict acc, float corr, const float* __restrict w, const float* __restrict rows,
+                       int64_t n, int64_t dv_) {
+  if constexpr (DV > 0) {
+    float a[DV];
+#pragma omp simd
+    for (int64_t j = 0; j < DV; ++j) a[j] = acc[j] * corr;
+    for (int64_t t = 0; t < n; ++t) {
+#pragma omp simd
+      for (int64_t j = 0; j < DV; ++j) a[j] += w[t] * rows[t * DV + j];
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < DV; ++j) acc[j] = a[j];
+  } else {
+    for (int64_t j = 0; j < dv_; ++j) acc[j] *= corr;
+    for (int64_t t = 0; t < n; ++t) {
+#pragma omp simd
+      for (int64_t j = 0; j < dv_; ++j) acc[j] += w[t] * rows[t * dv_ + j];
+    }
+  }
+}
+
 // One task: rows qf (nq, d) already scaled, slots [s0, s1) of one (batch, head).
 // Writes part = [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
+// Slots go in blocks: the block's allowed K rows are widened to fp32 once and scored against
+// every query row, then its V rows likewise, so each query's accumulator stays in registers.
 template <typename T, int64_t D, int64_t DV>
 void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int64_t s0, int64_t s1,
                   int64_t nq, int64_t d_, int64_t dv_, float* part) {
-  // head sizes known at compile time (D, DV > 0) let the compiler unroll the short row loops
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
   float* m = part;
   float* l = part + nq;
@@ -51,7 +89,7 @@ void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int
   std::fill(m, m + nq, kNoMax);
   std::fill(l, l + nq, 0.f);
   std::fill(acc, acc + nq * dv, 0.f);
-  std::vector<float> row(std::max(d, dv));
+  std::vector<float> rows(kBlock * std::max(d, dv));
   std::vector<float> p(nq * kBlock);
   int64_t idx[kBlock];
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
@@ -59,16 +97,9 @@ void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int
     for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
       if (mask[s]) idx[n++] = s;
     if (n == 0) continue;
-    for (int64_t t = 0; t < n; ++t) {
-      to_float(k + idx[t] * d, row.data(), d);
-      for (int64_t i = 0; i < nq; ++i) {
-        const float* qi = qf + i * d;
-        float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t j = 0; j < d; ++j) dot += qi[j] * row[j];
-        p[i * kBlock + t] = dot;
-      }
-    }
+    for (int64_t t = 0; t < n; ++t) to_float(k + idx[t] * d, rows.data() + t * d, d);
+    for (int64_t i = 0; i < nq; ++i) dots<D>(qf + i * d, rows.data(), n, d, p.data() + i * kBlock);
+    for (int64_t t = 0; t < n; ++t) to_float(v + idx[t] * dv, rows.data() + t * dv, dv);
     for (int64_t i = 0; i < nq; ++i) {
       float* pi = p.data() + i * kBlock;
       float mx = m[i];
@@ -82,18 +113,7 @@ void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int
       }
       l[i] = l[i] * corr + sum;
       m[i] = mx;
-      float* ai = acc + i * dv;
-#pragma omp simd
-      for (int64_t j = 0; j < dv; ++j) ai[j] *= corr;
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      to_float(v + idx[t] * dv, row.data(), dv);
-      for (int64_t i = 0; i < nq; ++i) {
-        const float w = p[i * kBlock + t];
-        float* ai = acc + i * dv;
-#pragma omp simd
-        for (int64_t j = 0; j < dv; ++j) ai[j] += w * row[j];
-      }
+      accumulate<DV>(acc + i * dv, corr, pi, rows.data(), n, dv);
     }
   }
 }
