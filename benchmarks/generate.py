@@ -5,8 +5,9 @@ fp32 (and cast to bf16 for the bf16 rows). llama-cpp-python, if installed,
 runs the Q4_1 file natively and, for a same-precision comparison, copies of it
 that llama.cpp's own quantizer converts to F32 and BF16 (the same dequantised
 values the other engines run; written once to ``~/.cache/llmkit/bench``).
-Measured, each as the best of ``--repeats`` runs, greedy, EOS disabled so
-every run generates exactly the requested tokens:
+Measured, each as the best of 3 runs (1 with ``--quick``), greedy, EOS disabled
+so every run generates exactly the requested tokens; the engines of one dtype
+take turns, so noise from a neighbour does not favour one of them:
 
 - TTFT: time to the first token for a 512-token prompt, batch 1 (prefill + one token);
 - decode b1: tokens/s after that prompt, ``(t(1 + N tokens) - t(1 token)) / N``;
@@ -38,27 +39,41 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 Run = Callable[[torch.Tensor, int], None]  # generate exactly n tokens for every row of (B, T) prompt ids
 
 
-def _best(fn: Callable[[], None], repeats: int) -> float:
-    times = []
+def _timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(engines: dict[str, Run], long_prompt: torch.Tensor, batch: torch.Tensor, n: int,
+            repeats: int) -> dict[str, tuple[float, float, float]]:
+    """(TTFT ms, decode b1 tok/s, decode b8 tok/s) per engine; b8 is NaN for an engine without a batch path.
+
+    The engines take turns, one round of every measurement each, ``repeats`` times, and each
+    keeps its best: a burst of noise from a neighbour then hits one round, not one engine.
+    """
+    batched = {}
+    for name, run in engines.items():
+        run(long_prompt, 2)  # warm-up (and compilation of the decode step)
+        try:
+            run(batch, 2)
+            batched[name] = True
+        except NotImplementedError:
+            batched[name] = False
+    times = {name: [[], [], [], []] for name in engines}  # TTFT, prompt + n, batch first, batch + n
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def measure(run: Run, long_prompt: torch.Tensor, batch: torch.Tensor, n: int, repeats: int) -> tuple[float, ...]:
-    """(TTFT ms, decode b1 tok/s, decode b8 tok/s) of one engine; b8 is NaN if it has no batch path."""
-    run(long_prompt, 2)  # warm-up (and compilation of the decode step)
-    ttft = _best(lambda: run(long_prompt, 1), repeats)
-    b1 = n / (_best(lambda: run(long_prompt, n + 1), repeats) - ttft)
-    try:
-        run(batch, 2)
-    except NotImplementedError:
-        return ttft * 1e3, b1, float("nan")
-    first = _best(lambda: run(batch, 1), repeats)
-    b8 = batch.shape[0] * n / (_best(lambda: run(batch, n + 1), repeats) - first)
-    return ttft * 1e3, b1, b8
+        for name, run in engines.items():
+            calls = [(long_prompt, 1), (long_prompt, n + 1)]
+            if batched[name]:
+                calls += [(batch, 1), (batch, n + 1)]
+            for slot, (ids, tokens) in enumerate(calls):
+                times[name][slot].append(_timed(lambda: run(ids, tokens)))
+    rows = {}
+    for name, (ttft, long, first, full) in times.items():
+        ttft = min(ttft)
+        b8 = batch.shape[0] * n / (min(full) - min(first)) if batched[name] else float("nan")
+        rows[name] = (ttft * 1e3, n / (min(long) - ttft), b8)
+    return rows
 
 
 def llmkit_engine(model, compile: bool) -> Run:
@@ -176,20 +191,21 @@ def main() -> None:
         model, _ = load_model_and_tokenizer(path, dtype=dtype, device=device)
         if args.profile and name == "fp32":
             profile_decode(model, long_prompt, 16)
-        rows[name, "llmkit"] = measure(llmkit_engine(model, False), long_prompt, batch, n, repeats)
+        engines = {"llmkit": llmkit_engine(model, False)}
         if not args.no_compile:
             start = time.perf_counter()
             llmkit_engine(model, True)(long_prompt, 2)
             print(f"[{name}] compiling the batch-1 decode step took {time.perf_counter() - start:.0f} s (batch 8 compiles again)")
-            rows[name, "llmkit+compile"] = measure(llmkit_engine(model, True), long_prompt, batch, n, repeats)
-        del model
-        rows[name, "transformers"] = measure(transformers_engine(path, dtype), long_prompt, batch, n, repeats)
+            engines["llmkit+compile"] = llmkit_engine(model, True)
+        engines["transformers"] = transformers_engine(path, dtype)
         cpp = llama_cpp_engine(path, name, threads)
         if cpp is not None:
-            rows[name, "llama.cpp"] = measure(cpp, long_prompt, batch, n, repeats)
+            engines["llama.cpp"] = cpp
+        rows.update({(name, engine): v for engine, v in measure(engines, long_prompt, batch, n, repeats).items()})
+        del model, engines
     cpp = llama_cpp_engine(path, "q4_1", threads)
     if cpp is not None:
-        rows["q4_1", "llama.cpp"] = measure(cpp, long_prompt, batch, n, repeats)
+        rows["q4_1", "llama.cpp"] = measure({"llama.cpp": cpp}, long_prompt, batch, n, repeats)["llama.cpp"]
 
     header = f"{'dtype':<6} {'engine':<16} {'TTFT b1 (ms)':>13} {'decode b1 (tok/s)':>18} {'decode b8 (tok/s)':>18}"
     print("\n" + header + "\n" + "-" * len(header))
