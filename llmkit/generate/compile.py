@@ -102,9 +102,10 @@ class _Guarded:
 def _skip_guards() -> contextlib.AbstractContextManager:
     """Dynamo without guard evaluation, for calls known to hit the graph compiled by the first one.
 
-    Checking the guards (a few hundred parameter tensors) costs about 1 ms per step, 7% of a
-    SmolLM2 decode step; the caller guarantees each later call passes the same objects and
-    shapes as the first, so the guards would always pass.
+    Evaluating the guards (a few hundred parameter tensors) took about 1 ms of a 13 ms SmolLM2
+    bf16 decode step. A generation passes the same objects and shapes to every step, so after
+    its first call the guards would always pass. When other models have compiled the same step,
+    dynamo still evaluates the guards that tell their graphs apart.
     """
     if "skip_guard_eval_unsafe" not in inspect.signature(torch.compiler.set_stance).parameters:
         return contextlib.nullcontext()  # torch < 2.7
