@@ -36,6 +36,8 @@ from llmkit.generate.rowwise import RowwiseLinear
 # inductor's wrapper checks the size, stride and alignment of every input on every call (a few
 # hundred parameters, ~0.3 ms of a SmolLM2 step); the first call's guards have checked them
 CPU_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+# torch >= 2.7; checked once here rather than on every step
+CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
 
 
 def compile_step(fn: Callable[..., Any], device: torch.device, enabled: bool = True) -> Callable[..., Any]:
@@ -107,8 +109,8 @@ def _skip_guards() -> contextlib.AbstractContextManager:
     its first call the guards would always pass. When other models have compiled the same step,
     dynamo still evaluates the guards that tell their graphs apart.
     """
-    if "skip_guard_eval_unsafe" not in inspect.signature(torch.compiler.set_stance).parameters:
-        return contextlib.nullcontext()  # torch < 2.7
+    if not CAN_SKIP_GUARDS:
+        return contextlib.nullcontext()
     return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
 
 

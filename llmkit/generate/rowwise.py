@@ -15,14 +15,10 @@ at most ``max_rows`` rows (default one: batch-1 decoding) while it is active.
 Dynamo traces through the mode, so the model's code is untouched and only the
 compiled step sees the rewrite.
 Eagerly the rewrite would be slow (it materialises the (rows, out, in)
-product), which is why :func:`rowwise` is applied to compiled functions only.
+product), which is why ``compile_step`` activates the mode for compiled steps only.
 Products accumulate in fp32, as the GEMM does for bf16 weights.
 """
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +59,3 @@ class RowwiseLinear(TorchFunctionMode):
                 return rowwise_linear(*args, **kwargs)
         return func(*args, **kwargs)
 
-
-def rowwise(fn: Callable[..., Any], max_rows: int = MAX_ROWS) -> Callable[..., Any]:
-    """``fn`` run under :class:`RowwiseLinear`; meant to be passed to ``torch.compile``."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with RowwiseLinear(max_rows):
-            return fn(*args, **kwargs)
-
-    return wrapped

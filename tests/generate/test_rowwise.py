@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from llmkit.generate import compile as compile_mod
 from llmkit.generate import rowwise as rowwise_mod
-from llmkit.generate.rowwise import RowwiseLinear, rowwise, rowwise_linear
+from llmkit.generate.rowwise import RowwiseLinear, rowwise_linear
 
 
 def _weights(dtype=torch.float32):
@@ -64,10 +64,18 @@ def test_compile_step_rewrites_on_cpu_only(monkeypatch):
     assert traced[-1] is step  # CUDA graphs instead
 
 
+def _compiled_under_mode(fn):
+    def traced(a):
+        with RowwiseLinear():
+            return fn(a)
+
+    return torch.compile(traced, fullgraph=True, dynamic=False)
+
+
 def test_compiled_rowwise_matches_linear():
     w, b = _weights()
     x = torch.randn(1, 32)
-    compiled = torch.compile(rowwise(lambda a: F.linear(a, w, b)), fullgraph=True, dynamic=False)
+    compiled = _compiled_under_mode(lambda a: F.linear(a, w, b))
     torch.testing.assert_close(compiled(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
@@ -77,5 +85,5 @@ def test_materialised_input_keeps_the_product(monkeypatch):
     w, b = _weights()
     x = torch.randn(1, 32)
     norm = torch.nn.RMSNorm(32)
-    compiled = torch.compile(rowwise(lambda a: F.linear(norm(a), w, b)), fullgraph=True, dynamic=False)
+    compiled = _compiled_under_mode(lambda a: F.linear(norm(a), w, b))
     torch.testing.assert_close(compiled(x), F.linear(norm(x), w, b), rtol=1e-5, atol=1e-5)
