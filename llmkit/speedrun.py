@@ -70,7 +70,6 @@ def _log(msg: str) -> None:
 def prepare_data(cfg: SpeedrunConfig, run: Path):
     """Documents -> tokenizer -> token shards in ``run/data/{train,val}``. Returns (tokenizer, stats)."""
     from llmkit.data import load_corpus, split_documents, write_shards
-    from llmkit.data.shards import MANIFEST, read_manifest
     from llmkit.tokenizer import Tokenizer
 
     docs = load_corpus(cfg.data)
@@ -86,12 +85,8 @@ def prepare_data(cfg: SpeedrunConfig, run: Path):
     _log(f"tokenizer: {tokenizer.vocab_size}-token byte-level BPE in {time.perf_counter() - start:.1f}s")
     stats = {"train_docs": len(train_docs), "val_docs": len(val_docs), "val_titles": sorted({d.title for d in val_docs})}
     for name, split in (("train", train_docs), ("val", val_docs)):
-        out = run / "data" / name
-        write_shards(split, lambda t: tokenizer.encode(t, add_special_tokens=False), out, eos_id=tokenizer.eos_id,
-                     vocab_size=tokenizer.vocab_size, source=cfg.data)
-        manifest = read_manifest(out)
-        manifest["num_bytes"] = sum(len(d.text.encode("utf-8")) for d in split)  # for bits per byte
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest = write_shards(split, lambda t: tokenizer.encode(t, add_special_tokens=False), run / "data" / name,
+                                eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size, source=cfg.data)
         stats[f"{name}_tokens"] = manifest["num_tokens"]
         stats[f"{name}_bytes"] = manifest["num_bytes"]
     _log(f"shards: {stats['train_tokens']:,} train / {stats['val_tokens']:,} validation tokens "

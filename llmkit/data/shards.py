@@ -8,9 +8,11 @@ disk and page cache, as nanoGPT's ``train.bin``) and ``uint32`` otherwise.
 ``.npy`` rather than raw ``.bin`` so dtype and length travel with the data
 and ``np.load(mmap_mode="r")`` maps them without reading.
 
-``manifest.json`` is written last, after every shard, so a directory with a
-manifest is complete. Writing into a directory first removes its old
-``shard_*.npy`` files.
+``manifest.json`` is written last, after every shard, and atomically (a temp
+file renamed into place), so a directory with a manifest is complete. Besides
+the token counts it records ``num_bytes``, the UTF-8 length of the documents'
+text (EOS separators count zero bytes), which bits per byte divide by.
+Writing into a directory first removes its old ``shard_*.npy`` files.
 
 The encoder is any ``str -> list[int]`` callable, e.g.
 ``lambda t: tokenizer.encode(t, add_special_tokens=False)``: the separator is
@@ -50,7 +52,7 @@ def write_shards(docs: Iterable[Document], encode: Callable[[str], list[int]], o
         source: free-form provenance for the manifest, e.g. ``"shakespeare/train"``.
 
     Returns:
-        The manifest that was written.
+        The manifest that was written (``num_bytes``: the documents' UTF-8 bytes, for bits per byte).
     """
     if not 0 <= eos_id < vocab_size:
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab_size})")
@@ -62,7 +64,7 @@ def write_shards(docs: Iterable[Document], encode: Callable[[str], list[int]], o
     dtype = token_dtype(vocab_size)
     shards: list[dict[str, Any]] = []
     pending: list[np.ndarray] = []
-    pending_len = num_docs = 0
+    pending_len = num_docs = num_bytes = 0
 
     def flush(final: bool) -> None:
         nonlocal pending, pending_len
@@ -83,13 +85,14 @@ def write_shards(docs: Iterable[Document], encode: Callable[[str], list[int]], o
         pending.append(ids.astype(dtype))
         pending_len += len(ids)
         num_docs += 1
+        num_bytes += len(doc.text.encode("utf-8"))
         if pending_len >= shard_tokens:
             flush(final=False)
     flush(final=True)
     manifest = {
         "format": FORMAT, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
-        "num_docs": num_docs, "num_tokens": sum(s["tokens"] for s in shards), "source": source,
-        "shards": shards,
+        "num_docs": num_docs, "num_tokens": sum(s["tokens"] for s in shards), "num_bytes": num_bytes,
+        "source": source, "shards": shards,
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2))

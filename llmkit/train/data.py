@@ -23,9 +23,8 @@ validation token. This module builds those from what ``data`` names:
   assistant tokens, batched by :class:`ConversationBatches`.
 
 Bytes per token come from ``num_bytes / num_tokens`` in the validation
-manifest. ``write_shards`` does not record ``num_bytes`` (yet), so shards
-prepared here get it added: the UTF-8 length of the documents' text, EOS
-separators counting zero bytes.
+manifest (``write_shards`` records both); shards without ``num_bytes`` give no
+bits per byte, and prepared ones without it are rebuilt.
 """
 from __future__ import annotations
 
@@ -41,7 +40,6 @@ import torch
 
 from llmkit.data.loader import PackedLoader
 from llmkit.data.shards import MANIFEST, read_manifest, write_shards
-from llmkit.io.atomic import atomic_write_text
 from llmkit.train.distributed import Dist, barrier
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -175,9 +173,6 @@ def prepare_corpus(cfg, vocab_size: int, d: Dist) -> tuple[Path, Path, Any]:
         for docs_, dir_ in ((train_docs, train_dir), (val_docs, val_dir)):
             write_shards(docs_, lambda t: tokenizer.encode(t, add_special_tokens=False), dir_,
                          eos_id=tokenizer.eos_id, vocab_size=max(vocab_size, tokenizer.vocab_size), source=source)
-            manifest = read_manifest(dir_)
-            manifest["num_bytes"] = sum(len(doc.text.encode("utf-8")) for doc in docs_)
-            atomic_write_text(dir_ / MANIFEST, json.dumps(manifest, indent=2))
     barrier(d)
     if tokenizer is None:
         tokenizer = load_tokenizer(tok_dir)

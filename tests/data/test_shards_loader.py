@@ -47,6 +47,13 @@ def test_write_shards_layout_and_manifest(shard_dir):
     assert np.array_equal(stream(shard_dir), expected)
 
 
+def test_manifest_counts_utf8_bytes_not_characters(tmp_path):
+    docs = [Document("a", "café"), Document("b", "naïve ☃")]  # 5 and 10 bytes; EOS counts none
+    manifest = write_shards(docs, encode, tmp_path, eos_id=EOS, vocab_size=257)
+    assert manifest["num_bytes"] == 15 == read_manifest(tmp_path)["num_bytes"]
+    assert manifest["num_tokens"] == 15 + 2
+
+
 def test_write_shards_dtype_errors_and_rewrite(tmp_path):
     out = tmp_path / "s"
     write_shards(make_docs(), encode, out, eos_id=EOS, vocab_size=257, shard_tokens=100)

@@ -1,7 +1,6 @@
 """Helpers for the trainer tests: a tiny config, byte-level shards, an in-test batch source."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +56,13 @@ class RandomBatches:
 
 
 def write_byte_shards(directory: Path, n_docs: int = 40, words: int = 150, seed: int = 0) -> dict:
-    """Shards of random English-like text, one token per byte (eos 0), with ``num_bytes`` in the manifest."""
+    """Shards of random English-like text, one token per byte (eos 0)."""
     from llmkit.data.document import Document
     from llmkit.data.shards import write_shards
 
     rng = np.random.default_rng(seed)
     docs = [Document(f"d{i}", " ".join(rng.choice(WORDS, words))) for i in range(n_docs)]
-    manifest = write_shards(docs, lambda t: list(t.encode()), directory, eos_id=0, vocab_size=256)
-    manifest["num_bytes"] = sum(len(d.text.encode()) for d in docs)
-    (directory / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
+    return write_shards(docs, lambda t: list(t.encode()), directory, eos_id=0, vocab_size=256)
 
 
 def params(model) -> dict[str, torch.Tensor]:
