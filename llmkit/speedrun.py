@@ -96,20 +96,14 @@ def prepare_data(cfg: SpeedrunConfig, run: Path):
 
 def chat_sets(cfg: SpeedrunConfig, run: Path, train_docs, val_docs) -> tuple[Path, Path]:
     """JSON-lines chat conversations for SFT: the corpus's named set, or one generated from the user's text."""
-    from llmkit.data import CHAT_SETS, chat_set_path, make_chat_set
+    from llmkit.data import CHAT_SETS, chat_set_path, make_chat_set, write_conversations
 
     name = f"{cfg.data}-chat"
     if name in CHAT_SETS and not cfg.val_data:
         return chat_set_path(name, "train"), chat_set_path(name, "val")
-    paths = []
-    for split, docs, n in (("train", train_docs, 2000), ("val", val_docs, 200)):
-        path = run / "chat" / f"{split}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for conv in make_chat_set(docs, n, seed=cfg.seed + (split == "val")):
-                f.write(json.dumps({"messages": conv}) + "\n")
-        paths.append(path)
-    return paths[0], paths[1]
+    train = write_conversations(run / "chat" / "train.jsonl", make_chat_set(train_docs, 2000, seed=cfg.seed))
+    val = write_conversations(run / "chat" / "val.jsonl", make_chat_set(val_docs, 200, seed=cfg.seed + 1))
+    return train, val
 
 
 def _train_config(cfg: SpeedrunConfig, **kw):
@@ -254,9 +248,11 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
 
 def _first_conversations(path: Path, n: int) -> list:
     """``n`` conversations spread over a JSON-lines file (one of each kind, usually)."""
-    lines = [json.loads(line)["messages"] for line in Path(path).read_text().splitlines() if line.strip()]
-    step = max(len(lines) // n, 1)
-    return lines[::step][:n]
+    from llmkit.data import read_conversations
+
+    conversations = read_conversations(path)
+    step = max(len(conversations) // n, 1)
+    return conversations[::step][:n]
 
 
 def _text_prompts(val_docs) -> list[str]:

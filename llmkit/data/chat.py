@@ -25,12 +25,12 @@ generalisation.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from llmkit.data.conversations import read_conversations, write_conversations
 from llmkit.data.corpora import SHAKESPEARE_POEMS, load_corpus
 from llmkit.data.document import Document
 from llmkit.data.sft import Message
@@ -131,11 +131,8 @@ def chat_set_path(name: str, split: str = "train") -> Path:
         train_docs, val_docs = split_documents(docs, spec.corpus)
         for part, part_docs, size, seed in (("train", train_docs, spec.train_size, 0),
                                             ("val", val_docs, spec.val_size, 1)):
-            convs = make_chat_set(part_docs, size, seed, spec.work_noun)
-            tmp = folder / f"{part}-v{_CACHE_VERSION}.tmp"
-            tmp.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in convs),
-                           encoding="utf-8")
-            tmp.replace(folder / f"{part}-v{_CACHE_VERSION}.jsonl")
+            write_conversations(folder / f"{part}-v{_CACHE_VERSION}.jsonl",
+                                make_chat_set(part_docs, size, seed, spec.work_noun))
     return path
 
 
@@ -147,5 +144,4 @@ def load_chat_set(name_or_path: str, split: str = "train") -> list[list[Message]
         split: for named sets, ``"train"`` or ``"val"``; ignored for paths.
     """
     path = chat_set_path(name_or_path, split) if name_or_path in CHAT_SETS else Path(name_or_path).expanduser()
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line)["messages"] for line in f if line.strip()]
+    return read_conversations(path)

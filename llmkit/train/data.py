@@ -18,7 +18,8 @@ validation token. This module builds those from what ``data`` names:
   manifest's ``source`` records what was prepared, so a resumed run reuses
   the shards and a changed config rebuilds them.
 - **sft**, a ``.jsonl`` file of conversations (each line ``{"messages": [...]}``
-  or a bare list of ``{"role", "content"}`` messages): tokenised with the
+  or a bare list of ``{"role", "content"}`` messages; read by
+  :func:`llmkit.data.conversations.read_conversations`): tokenised with the
   chat template into :class:`~llmkit.data.sft.SFTDataset`, targets only on
   assistant tokens, batched by :class:`ConversationBatches`.
 
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from llmkit.data.conversations import read_conversations
 from llmkit.data.loader import PackedLoader
 from llmkit.data.shards import MANIFEST, read_manifest, write_shards
 from llmkit.train.distributed import Dist, barrier
@@ -207,20 +209,6 @@ def pretrain_data(cfg, vocab_size: int, d: Dist) -> Data:
 
 
 # ----- supervised fine-tuning -----
-def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
-    """Conversations from a ``.jsonl`` file: ``{"messages": [...]}`` or a bare message list per line."""
-    out = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                record = json.loads(line)
-                messages = record.get("messages") if isinstance(record, dict) else record
-                if not isinstance(messages, list):
-                    raise ValueError(f"{path}:{lineno}: expected {{\"messages\": [...]}} or a list of messages")
-                out.append(messages)
-    return out
-
-
 def sft_data(cfg, vocab_size: int, d: Dist) -> Data:
     """Assistant-only-target batches from ``cfg.data`` (and ``cfg.val_data``) conversation files."""
     from llmkit.data.sft import SFTDataset
