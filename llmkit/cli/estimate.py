@@ -1,11 +1,11 @@
 """``llmkit estimate``: parameters, training FLOPs and time, and training/inference memory of a config.
 
-The model comes from ``--preset``: a preset name, a JSON file holding either an
-HF ``config.json`` or a ``ModelConfig`` (what ``llmkit info NAME --json``
-prints), or anything else ``llmkit info`` reads (HF model directory, GGUF file,
-pullable model name). Every ``ModelConfig`` field is also a flag
-(``--n_layers 48``, ``--n_kv_heads 1``) that overrides the preset, for what-if
-sizing. That is also how the CLI framework's ``--config FILE`` (a YAML/JSON file
+The model comes from ``--preset``, resolved by :func:`llmkit.io.resolve_config`
+like every verb's model: a preset name, a JSON file holding either an HF
+``config.json`` or a ``ModelConfig`` (what ``llmkit info NAME --json`` prints),
+an HF model directory, a GGUF file or a pullable model name. Every
+``ModelConfig`` field is also a flag (``--n_layers 48``, ``--n_kv_heads 1``)
+that overrides the preset, for what-if sizing. That is also how the CLI framework's ``--config FILE`` (a YAML/JSON file
 of flag values) takes a model config: a ``ModelConfig`` JSON's keys are flags,
 so ``llmkit estimate --config model.json`` works, alone or over a ``--preset``
 (a null in the file keeps the preset's value). An HF ``config.json`` uses
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from llmkit.config import ModelConfig
 from llmkit.estimate.compute import DEFAULT_MFU, H100_BF16_TFLOPS
+from llmkit.io.resolve import ACCEPTED
 
 if typing.TYPE_CHECKING:
     from llmkit.estimate import Estimate
@@ -34,7 +33,7 @@ _MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
 class EstimateArgs:
     """The verb's own flags; :data:`Args` adds one per ModelConfig field."""
 
-    preset: str = field(default="", metadata={"help": "preset, config JSON (HF or llmkit), HF dir, .gguf, model name"})
+    preset: str = field(default="", metadata={"help": ACCEPTED})
     tokens: int | None = field(default=None, metadata={"help": "training tokens; default 20 per parameter"})
     batch: int = field(default=1, metadata={"help": "sequences per training step, for the memory plans"})
     seq: int = field(default=512, metadata={"help": "tokens per sequence, for the memory plans"})
@@ -53,50 +52,6 @@ def _model_overrides() -> list[tuple[str, typing.Any, typing.Any]]:
 
 
 Args = dataclasses.make_dataclass("Args", _model_overrides(), bases=(EstimateArgs,))
-
-
-def load_model_config(spec: str) -> ModelConfig:
-    """Resolve ``spec`` to a config.
-
-    ``spec`` is a preset name, a ``.json`` file (HF ``config.json`` or ``ModelConfig``),
-    or anything ``llmkit info`` accepts (HF model directory, ``.gguf`` file, pullable model name).
-
-    Raises:
-        KeyError: an unknown name (the message lists the presets).
-        FileNotFoundError: a path that does not exist.
-        ValueError: a file that is not a valid config.
-    """
-    from llmkit.presets import PRESETS
-
-    if spec in PRESETS:
-        return PRESETS[spec]
-    path = Path(spec).expanduser()
-    if path.suffix == ".json":
-        return _read_json_config(path)
-    from llmkit.io.pull import MODELS
-
-    if not path.exists() and spec not in MODELS and os.sep not in spec:
-        raise KeyError(f"unknown preset {spec!r}; presets: {', '.join(sorted(PRESETS))}; "
-                       f"models: {', '.join(sorted(MODELS))}")
-    from llmkit.cli.info import describe
-
-    return describe(spec)[0]
-
-
-def _read_json_config(path: Path) -> ModelConfig:
-    if not path.exists():
-        raise FileNotFoundError(f"no such model config: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    if "model_type" in raw or "llmkit_config" in raw:  # an HF config.json
-        from llmkit.io.hf_config import config_from_hf
-
-        return config_from_hf(raw)
-    return ModelConfig.from_dict(raw)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -150,11 +105,12 @@ def _print_report(e: Estimate, name: str) -> None:
 def run(args: EstimateArgs) -> int:
     from llmkit.cli.args import UsageError
     from llmkit.estimate import estimate
+    from llmkit.io import resolve_config
 
     overrides = {name: getattr(args, name) for name in _MODEL_FIELDS if getattr(args, name) is not None}
     if not args.preset and not overrides:
-        raise UsageError("give --preset NAME|PATH, or --config with a model config's fields")
-    cfg = load_model_config(args.preset) if args.preset else ModelConfig()
+        raise UsageError(f"give --preset ({ACCEPTED}), or --config with a model config's fields")
+    cfg = resolve_config(args.preset).config if args.preset else ModelConfig()
     cfg = cfg.replace(**overrides)
     e = estimate(cfg, tokens=args.tokens, batch=args.batch, seq=args.seq, flops=args.flops, mfu=args.mfu,
                  peak_tflops=args.peak_tflops, lora_rank=args.lora_rank)

@@ -4,7 +4,7 @@ Import reads the header with ``gguf.GGUFReader`` (a memory map), builds the
 config from the metadata (:mod:`llmkit.io.gguf_config`), dequantises every
 tensor to float32 with ``gguf.quants`` (F32, F16, BF16, Q4_0/1, Q5_0/1, Q8_0,
 the K-quants, ...), renames llama.cpp's tensors to ours (HF's), and hands the
-state dict to :func:`~llmkit.io.load.build_from_state_dict` for the name and
+state dict to :func:`~llmkit.io.build.build_from_state_dict` for the name and
 shape checks. GGUF lists dims fastest first (ggml's ``ne``), the reverse of
 torch; the reader already exposes data in row-major (torch) order.
 
@@ -30,9 +30,9 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.io.atomic import atomic_path
+from llmkit.io.build import build_from_state_dict
 from llmkit.io.errors import CheckpointError
 from llmkit.io.gguf_config import ROPE_FREQS, config_from_gguf, gguf_arch, gguf_metadata, llama3_rope_freqs
-from llmkit.io.load import build_from_state_dict
 from llmkit.model import CausalLM
 
 if TYPE_CHECKING:
@@ -127,17 +127,15 @@ def read_gguf_config(path: str | Path) -> ModelConfig:
     return _read_config(_open(path), path)
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CausalLM:
-    """Load a GGUF file (llama, qwen2, qwen3; any quantisation gguf can dequantise) as a CausalLM.
+def read_gguf(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and every tensor of a GGUF file, under our names and in HF's q/k row order.
 
     Args:
         path: the ``.gguf`` file.
-        dtype: parameter dtype; None = float32 (what dequantisation yields).
-        device: where the parameters live; None = CPU.
+        dtype: what each tensor is converted to right after dequantisation; None = float32.
 
     Raises:
-        CheckpointError: unreadable file, unsupported architecture or tensor type, missing or
-            unexpected tensor, or a shape that does not match the metadata; the message names the file.
+        CheckpointError: unreadable file, unsupported architecture or tensor type; the message names the file.
     """
     path = Path(path)
     reader = _open(path)
@@ -154,6 +152,22 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None, device: torch.
         if arch in _PERMUTED_ARCHS and proj in heads:
             w = permute_qk(w, heads[proj], inverse=True)
         state[name] = torch.from_numpy(w).to(dtype or torch.float32)
+    return cfg, state
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CausalLM:
+    """Load a GGUF file (llama, qwen2, qwen3; any quantisation gguf can dequantise) as a CausalLM.
+
+    Args:
+        path: the ``.gguf`` file.
+        dtype: parameter dtype; None = float32 (what dequantisation yields).
+        device: where the parameters live; None = CPU.
+
+    Raises:
+        CheckpointError: unreadable file, unsupported architecture or tensor type, missing or
+            unexpected tensor, or a shape that does not match the metadata; the message names the file.
+    """
+    cfg, state = read_gguf(path, dtype)
     return build_from_state_dict(cfg, state, dtype, device, source=str(path))
 
 

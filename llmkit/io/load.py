@@ -1,9 +1,9 @@
-"""Building a model from a checkpoint: config -> meta-device model -> checked state dict -> assign.
+"""Loading a checkpoint by path: an HF model directory or a ``.gguf`` file, told apart by what is on disk.
 
-The model is built on the ``meta`` device (no memory, no init time) and the
-loaded tensors are assigned in place of the meta parameters, so peak memory is
-about one copy of the weights. Every key and shape is checked first, and each
-mismatch is reported by tensor name.
+Each format's reader yields ``(config, state dict)`` under our (HF) tensor
+names; :func:`~llmkit.io.build.build_from_state_dict` turns that into a model.
+:func:`read_checkpoint` stops before the model, for callers that bring their
+own config (a training run that overrides dropout, say).
 """
 from __future__ import annotations
 
@@ -12,60 +12,44 @@ from pathlib import Path
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.io.build import build_from_state_dict
 from llmkit.io.errors import CheckpointError
+from llmkit.io.gguf import read_gguf
+from llmkit.io.hf import read_hf_config, read_hf_state_dict
 from llmkit.model import CausalLM
-from llmkit.model.rope import RotaryEmbedding
 
 
-def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
-                          device: torch.device | str | None = None, source: str = "checkpoint") -> CausalLM:
-    """A CausalLM for ``cfg`` holding exactly the tensors in ``state`` (cast to ``dtype``, moved to ``device``)."""
-    with torch.device("meta"):
-        model = CausalLM(cfg)
-    expected = model.state_dict()
-    if cfg.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
-        expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{source} is missing {len(missing)} tensor(s) the config needs: {', '.join(missing[:8])}"
-                              + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        raise CheckpointError(f"{source} has {len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:8])}"
-                              + (" ..." if len(unexpected) > 8 else ""))
-    for name, ref in expected.items():
-        if tuple(state[name].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                  f"the config expects {tuple(ref.shape)}")
-    float_dtype = dtype
-    for name, t in state.items():
-        if t.is_floating_point() and float_dtype is None:
-            float_dtype = t.dtype
-            break
-    cast = {k: (v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device))
-            for k, v in state.items()}
-    model.load_state_dict(cast, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    if model.model.rotary_emb is not None:  # non-persistent buffers are not in the state dict
-        model.model.rotary_emb = RotaryEmbedding(cfg).to(device)
-    return model.eval()
+def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and every tensor of an HF model directory or a ``.gguf`` file.
 
+    Args:
+        path: the directory (``config.json`` + safetensors) or the ``.gguf`` file.
+        dtype: what GGUF tensors are dequantised to (None: float32); HF tensors keep the file's dtype.
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CausalLM:
-    """Load an HF model directory or a ``.gguf`` file."""
+    Raises:
+        CheckpointError: a missing path, or one that is neither format; a corrupt file.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such checkpoint: {path}")
     if path.is_file() and path.suffix == ".gguf":
-        from llmkit.io.gguf import load_gguf
-
-        return load_gguf(path, dtype=dtype, device=device)
+        return read_gguf(path, dtype)
     if path.is_dir():
-        from llmkit.io.hf import read_hf_config, read_hf_state_dict
-
         cfg, raw = read_hf_config(path)
-        state = read_hf_state_dict(path, raw.get("model_type"))
-        return build_from_state_dict(cfg, state, dtype, device, source=str(path))
+        return cfg, read_hf_state_dict(path, raw.get("model_type"))
     raise CheckpointError(f"{path} is neither a model directory (config.json + safetensors) nor a .gguf file")
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CausalLM:
+    """Load an HF model directory or a ``.gguf`` file.
+
+    Args:
+        path: the directory or file.
+        dtype: parameter dtype; None keeps the checkpoint's (GGUF: float32, what dequantisation yields).
+        device: where the parameters live; None = CPU.
+
+    Returns:
+        The model in eval mode.
+    """
+    cfg, state = read_checkpoint(path, dtype)
+    return build_from_state_dict(cfg, state, dtype, device, source=str(path))
