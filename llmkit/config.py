@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.validate import check_choices
+
 NormType = Literal["rmsnorm", "layernorm"]
 NormPlacement = Literal["pre", "post", "sandwich"]
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid"]
@@ -154,10 +156,7 @@ class ModelConfig:
             if not cond:
                 raise ConfigError(f"ModelConfig.{field}={getattr(self, field)!r}: {msg}")
 
-        for f in dataclasses.fields(self):
-            allowed = _literal_choices(f.type)
-            if allowed:
-                need(getattr(self, f.name) in allowed, f.name, f"must be one of {sorted(allowed)}")
+        check_choices(self, ConfigError)
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "ffn_dim", "max_seq_len"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive integer")
         need(self.kv_heads > 0 and self.n_heads % self.kv_heads == 0, "n_kv_heads",
@@ -214,15 +213,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _literal_choices(tp: Any) -> set | None:
-    """The allowed strings of a ``Literal[...]`` alias referenced by name in an annotation."""
-    alias = globals().get(tp) if isinstance(tp, str) else tp
-    args = getattr(alias, "__args__", None)
-    if args and all(isinstance(a, str) for a in args):
-        return set(args)
-    return None
 
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:

@@ -21,10 +21,13 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+
+from llmkit.validate import check_choices
 
 # Shares of the training budget (what is left after data and tokenizer preparation).
 PRETRAIN_SHARE, SFT_SHARE = 0.82, 0.12
@@ -34,32 +37,34 @@ PRETRAIN_SHARE, SFT_SHARE = 0.82, 0.12
 class SpeedrunConfig:
     """Knobs of the speedrun; defaults are the tuned recipe (see recipes/speedrun.md)."""
 
-    minutes: float = 10.0  # wall-clock budget of the whole run
-    preset: str = "nano"  # model shape (a preset name); see recipes/speedrun.md for why nano
-    device: str = "auto"  # auto, cpu, cuda
-    out: str = ""  # run directory; empty = runs/speedrun-<timestamp>
-    data: str = "shakespeare"  # corpus name or a .txt/.jsonl file or folder
-    val_data: str = ""  # validation text (file or folder); empty = the corpus's fixed split
-    vocab_size: int = 4096  # BPE vocabulary
-    seq_len: int = 256  # pretraining context
-    batch_size: int = 32  # sequences per step
-    lr: float = 3e-3  # peak learning rate (pretraining)
-    sft_lr: float = 1e-3  # peak learning rate (SFT)
-    sft_seq_len: int = 384  # SFT context (a conversation)
-    dtype: str = "fp32"  # fp32 or bf16 autocast
-    seed: int = 1337
+    minutes: float = field(default=10.0, metadata={"help": "wall-clock budget of the whole run"})
+    preset: str = field(default="nano", metadata={"help": "model shape, a preset name (recipes/speedrun.md: why nano)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    out: str = field(default="", metadata={"help": "run directory; empty: runs/speedrun-<timestamp>"})
+    data: str = field(default="shakespeare", metadata={"help": "corpus name, or a .txt/.jsonl file or folder"})
+    val_data: str = field(default="", metadata={
+        "help": "validation text (file or folder); empty: the corpus's fixed held-out split"})
+    vocab_size: int = field(default=4096, metadata={"help": "tokens of the byte-level BPE trained on the data"})
+    seq_len: int = field(default=256, metadata={"help": "pretraining context (tokens per sequence)"})
+    batch_size: int = field(default=32, metadata={"help": "pretraining sequences per step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate of pretraining"})
+    sft_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of SFT"})
+    sft_seq_len: int = field(default=384, metadata={"help": "SFT context (tokens per conversation)"})
+    dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "precision of both stages (bf16 autocast)"})
+    seed: int = field(default=1337, metadata={"help": "seeds init, data order and the generated chat set"})
 
     def validate(self) -> "SpeedrunConfig":
+        """Check the fields; raise ``ValueError`` naming the first bad one. Returns self."""
         from llmkit.presets import PRESETS
 
-        if self.minutes <= 0:
-            raise ValueError(f"--minutes must be > 0, got {self.minutes}")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset {self.preset!r} is unknown; choose from {', '.join(sorted(PRESETS))}")
-        if self.vocab_size < 512:
-            raise ValueError(f"--vocab_size must be >= 512, got {self.vocab_size}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"SpeedrunConfig.{name}={getattr(self, name)!r}: {msg}")
+
+        check_choices(self)
+        need(self.minutes > 0, "minutes", "must be > 0")
+        need(self.preset in PRESETS, "preset", f"unknown; choose from {', '.join(sorted(PRESETS))}")
+        need(self.vocab_size >= 512, "vocab_size", "must be >= 512")
         return self
 
 
@@ -181,7 +186,7 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
     t0 = time.perf_counter()
     run = Path(cfg.out or f"runs/speedrun-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run / "summary.json").exists():
-        raise ValueError(f"{run} already holds a finished speedrun; choose another --out")
+        raise ValueError(f"{run} already holds a finished speedrun; choose another out directory")
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     tokenizer, train_docs, val_docs, stats = prepare_data(cfg, run)

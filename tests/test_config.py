@@ -1,4 +1,6 @@
+import dataclasses
 import time
+import typing
 
 import pytest
 
@@ -6,6 +8,9 @@ from llmkit import ModelConfig
 from llmkit.config import ConfigError
 from llmkit.model import count_parameters
 from llmkit.presets import PRESETS, PUBLISHED_PARAMS, get_preset
+from llmkit.speedrun import SpeedrunConfig
+from llmkit.train import TrainConfig
+from llmkit.validate import check_choices
 
 
 def test_json_round_trip(tmp_path):
@@ -35,6 +40,38 @@ def test_config_is_frozen():
 def test_validate_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=rf"ModelConfig\.{field}="):
         ModelConfig(**kw).validate()
+
+
+@pytest.mark.parametrize("cfg, error, message", [
+    (ModelConfig(norm="batchnorm"), ConfigError, "ModelConfig.norm='batchnorm': must be one of rmsnorm, layernorm"),
+    (TrainConfig(dtype="int8"), ValueError, "TrainConfig.dtype='int8': must be one of fp32, bf16, fp16"),
+    (SpeedrunConfig(dtype="fp16"), ValueError, "SpeedrunConfig.dtype='fp16': must be one of fp32, bf16"),
+])
+def test_one_choice_check_names_the_field_and_lists_the_choices(cfg, error, message):
+    with pytest.raises(error) as caught:
+        cfg.validate()
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig, SpeedrunConfig])
+def test_check_choices_covers_every_literal_field(cls):
+    hints = typing.get_type_hints(cls)
+    literal = [f.name for f in dataclasses.fields(cls) if typing.get_origin(hints[f.name]) is typing.Literal]
+    assert literal
+    for name in literal:
+        for value in typing.get_args(hints[name]):  # every listed value passes
+            check_choices(dataclasses.replace(cls(), **{name: value}))
+        with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{name}='bogus': must be one of "):
+            check_choices(dataclasses.replace(cls(), **{name: "bogus"}))
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(minutes=0), "minutes"), (dict(preset="huge"), "preset"), (dict(vocab_size=100), "vocab_size"),
+])
+def test_speedrun_errors_name_the_field_not_a_flag(kw, field):
+    with pytest.raises(ValueError, match=rf"^SpeedrunConfig\.{field}=") as caught:
+        SpeedrunConfig(**kw).validate()
+    assert "--" not in str(caught.value)
 
 
 def test_unknown_field_is_an_error():

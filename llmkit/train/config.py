@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmkit.config import ModelConfig
+from llmkit.validate import check_choices
 
 Task = Literal["pretrain", "sft"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
@@ -31,7 +32,8 @@ Parallel = Literal["ddp", "fsdp"]
 
 def _make_overrides() -> type:
     hints = typing.get_type_hints(ModelConfig)
-    fields = [(f.name, hints[f.name] | None, field(default=None)) for f in dataclasses.fields(ModelConfig)]
+    fields = [(f.name, hints[f.name] | None, field(default=None, metadata={"help": f"replace the model's {f.name}"}))
+              for f in dataclasses.fields(ModelConfig)]
     def __repr__(self) -> str:  # only what is overridden
         set_ = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         return f"ModelOverrides({', '.join(f'{k}={v!r}' for k, v in set_.items())})"
@@ -114,11 +116,7 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {msg}")
 
-        hints = typing.get_type_hints(TrainConfig)
-        for f in dataclasses.fields(self):
-            if typing.get_origin(hints[f.name]) is Literal:
-                need(getattr(self, f.name) in typing.get_args(hints[f.name]), f.name,
-                     f"must be one of {', '.join(typing.get_args(hints[f.name]))}")
+        check_choices(self)
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_batches"):
             need(getattr(self, name) > 0, name, "must be > 0")
         for name in ("warmup_steps", "eval_every", "save_every", "keep_last", "weight_decay", "grad_clip", "min_lr"):
