@@ -9,9 +9,10 @@ grows per token. Everything is closed form over the config, so a 100B+
 config costs microseconds; the activation count was checked tensor by tensor
 against a live-tensor measurement of our modules (``measure.py``).
 
-Parts: ``params.py`` (counts), ``compute.py`` (6ND, Chinchilla, time),
-``activations.py`` (what backward keeps), ``memory.py`` (training plans, KV
-cache), ``measure.py`` (peak live tensor bytes on any device).
+Parts: ``params.py`` (counts: llmkit's one parameter counter), ``compute.py``
+(6ND, Chinchilla, time), ``flops.py`` (FLOPs per token and the measured peak,
+for MFU), ``activations.py`` (what backward keeps), ``memory.py`` (training
+plans, KV cache), ``measure.py`` (peak live tensor bytes on any device).
 """
 from __future__ import annotations
 

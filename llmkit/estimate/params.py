@@ -1,10 +1,13 @@
-"""Parameter counts in closed form: total, active per token (MoE), and the parts that memory plans need.
+"""Parameter counts in closed form: llmkit's one parameter counter.
 
-The formulas mirror the modules in ``llmkit/model`` one for one (same linears,
-norms and biases), so they agree exactly with :func:`llmkit.model.count_parameters`
-but cost nothing even for a 671B config, and they can split the count into
-what QLoRA quantises (the block linears' weights), what LoRA adapts (attention
-linears) and what a MoE token touches (``k`` of ``E`` routed experts).
+Total, active per token (MoE), the weights a token multiplies by (for FLOPs),
+and the parts that memory plans need. The formulas mirror the modules in
+``llmkit/model`` one for one (same linears, norms and biases; the tests check
+them against a meta-device build of each), so they cost nothing even for a
+671B config, and they can split the count into what QLoRA quantises (the
+block linears' weights), what LoRA adapts (attention linears) and what a MoE
+token touches (``k`` of ``E`` routed experts).
+:func:`llmkit.model.count_parameters` is ``count_params(cfg).total``.
 """
 from __future__ import annotations
 
@@ -58,10 +61,12 @@ class ParamCounts:
     total: int  # every distinct parameter
     active: int  # used by one token: total minus the routed experts it skips
     block_linear_weights: int  # weights of the blocks' nn.Linear layers (what QLoRA stores in 4 bits)
+    matmul: int  # weights one token multiplies by: the active 2-D weights bar the embedding lookups, plus the
+    #              output head even when tied (the N of MFU accounting, :mod:`llmkit.estimate.flops`)
 
 
 def count_params(cfg: ModelConfig) -> ParamCounts:
-    """Closed-form :class:`ParamCounts` of ``cfg``; ``total`` equals ``count_parameters(cfg)``."""
+    """Closed-form :class:`ParamCounts` of ``cfg``: what a ``CausalLM(cfg)`` holds, without building it."""
     d = cfg.dim
     total = cfg.vocab_size * d * (1 if cfg.tie_word_embeddings else 2)  # embed_tokens, untied lm_head
     if cfg.pos_embedding == "learned":
@@ -75,18 +80,21 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     block_norms = (4 if cfg.norm_placement == "sandwich" else 2) * _norm_params(cfg, d)
     dense, expert = _mlp_linears(cfg, cfg.ffn_dim), _mlp_linears(cfg, cfg.expert_dim)
     shared = _mlp_linears(cfg, cfg.expert_dim * cfg.n_shared_experts) if cfg.n_shared_experts else {}
-    skipped, linear = 0, 0
+    skipped, linear, matmul = 0, 0, cfg.vocab_size * d  # matmul starts with the output head
     for layer in range(cfg.n_layers):
         total += block_norms + attn_norms + _linear_params(attn)
         linear += _linear_weights(attn)
+        matmul += _linear_weights(attn)
         if cfg.is_moe_layer(layer):
             total += cfg.n_experts * (d + _linear_params(expert)) + _linear_params(shared)  # router row + expert
             linear += cfg.n_experts * _linear_weights(expert) + _linear_weights(shared)
             skipped += (cfg.n_experts - cfg.n_experts_per_tok) * _linear_params(expert)
+            matmul += cfg.n_experts * d + cfg.n_experts_per_tok * _linear_weights(expert) + _linear_weights(shared)
         else:
             total += _linear_params(dense)
             linear += _linear_weights(dense)
-    return ParamCounts(total=total, active=total - skipped, block_linear_weights=linear)
+            matmul += _linear_weights(dense)
+    return ParamCounts(total=total, active=total - skipped, block_linear_weights=linear, matmul=matmul)
 
 
 def lora_params(cfg: ModelConfig, rank: int) -> int:

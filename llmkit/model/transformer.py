@@ -207,6 +207,7 @@ def build_mask(slots: torch.Tensor, kv_len: int, attention_mask: torch.Tensor | 
 
 
 def count_parameters(cfg: ModelConfig) -> int:
-    """Parameter count of ``cfg`` without allocating memory (built on the meta device)."""
-    with torch.device("meta"):
-        return CausalLM(cfg).num_parameters()
+    """Parameter count of ``cfg`` (tied weights once) without building it: llmkit's one counter, in closed form."""
+    from llmkit.estimate.params import count_params  # lazy: the model does not need estimate/ to run
+
+    return count_params(cfg).total

@@ -1,12 +1,14 @@
-"""Closed-form counts: parameters (vs the built model), compute and Chinchilla, KV cache (vs the allocated one)."""
+"""Closed-form counts: parameters (vs the built model), FLOPs (vs torch's counter), compute and Chinchilla, KV cache."""
 import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from llmkit import CausalLM, ModelConfig
 from llmkit.estimate import estimate
 from llmkit.estimate.compute import compute_optimal, train_flops, train_gpu_hours
+from llmkit.estimate.flops import train_flops_per_token
 from llmkit.estimate.memory import NF4_BYTES_PER_WEIGHT, kv_cache_bytes_per_token
 from llmkit.estimate.params import count_params, lora_params
 from llmkit.model import count_parameters
@@ -28,20 +30,49 @@ VARIANTS = {
 }
 
 
+def _built(cfg: ModelConfig) -> CausalLM:
+    with torch.device("meta"):
+        return CausalLM(cfg)
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_param_count_matches_the_built_model(name):
     cfg = ModelConfig(**SMALL, **VARIANTS[name])
-    assert count_params(cfg).total == count_parameters(cfg)
+    assert count_params(cfg).total == _built(cfg).num_parameters() == count_parameters(cfg)
 
 
-@pytest.mark.parametrize("name", ["tiny", "qwen3-0.6b"])
-def test_param_count_matches_count_parameters_on_presets(name):
-    assert count_params(PRESETS[name]).total == count_parameters(PRESETS[name])
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_every_published_preset_builds_with_its_published_count(name):
+    assert _built(PRESETS[name]).num_parameters() == count_params(PRESETS[name]).total == PUBLISHED_PARAMS[name]
 
 
-def test_param_count_matches_every_published_preset():
-    for name, published in PUBLISHED_PARAMS.items():
-        assert count_params(PRESETS[name]).total == published, name
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_matmul_weights_are_the_built_models_2d_weights(name):
+    """Every 2-D weight bar the embeddings, routed experts k of E times, plus the output head even when tied."""
+    cfg = ModelConfig(**SMALL, **VARIANTS[name])
+    dense, routed = cfg.vocab_size * cfg.dim, 0
+    for pname, p in _built(cfg).named_parameters():
+        if p.dim() == 2 and "embed" not in pname and pname != "lm_head.weight":
+            if ".mlp.experts." in pname:
+                routed += p.numel()
+            else:
+                dense += p.numel()
+    assert count_params(cfg).matmul == dense + routed * cfg.n_experts_per_tok // max(cfg.n_experts, 1)
+
+
+@pytest.mark.parametrize("name", ["head-dim", "mla", "moe-shared", "learned-pos-tied"])
+def test_train_flops_per_token_match_torchs_flop_counter(name):
+    """Eager attention computes the whole score matrix; the formula counts the causal half, so add the other."""
+    cfg = ModelConfig(**SMALL, **VARIANTS[name], attn_impl="eager")
+    b, t = 2, 16
+    torch.manual_seed(0)
+    model = CausalLM(cfg)
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randint(0, cfg.vocab_size, (b, t))).sum().backward()
+    qk, v = (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim) if cfg.attention == "mla" else (
+        cfg.head_size, cfg.head_size)
+    upper_half = 3 * cfg.n_layers * b * t * t * cfg.n_heads * (qk + v)
+    assert counter.get_total_flops() == b * t * train_flops_per_token(cfg, t) + upper_half
 
 
 def test_active_params_count_k_of_e_experts():
