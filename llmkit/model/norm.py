@@ -6,6 +6,8 @@ back, as the reference LLaMA code does, so bf16 models stay stable.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,13 +39,17 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x.float(), w.shape, w, b, self.eps).to(x.dtype)
 
 
+# name -> (dim, eps, bias) -> module; RMSNorm has no bias to drop
+NORMS: dict[str, Callable[[int, float, bool], nn.Module]] = {
+    "rmsnorm": lambda dim, eps, bias: RMSNorm(dim, eps),
+    "layernorm": LayerNorm,
+}
+
+
 def build_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
-    """A norm by name: ``rmsnorm`` or ``layernorm`` (``bias`` applies to LayerNorm only)."""
-    if kind == "rmsnorm":
-        return RMSNorm(dim, eps)
-    if kind == "layernorm":
-        return LayerNorm(dim, eps, bias)
-    raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(NORMS)}")
-
-
-NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+    """A norm by its :data:`NORMS` name (``bias`` applies to LayerNorm only)."""
+    try:
+        make = NORMS[kind]
+    except KeyError:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(NORMS)}") from None
+    return make(dim, eps, bias)

@@ -8,7 +8,7 @@ the standard way to fit longer sequences or bigger batches (Chen et al. 2016).
 The block's ``forward`` is replaced on the instance by a call through
 ``torch.utils.checkpoint`` (non-reentrant), rather than wrapping the module
 in another one: parameter names, and so checkpoints and HF exports, stay
-unchanged, and ``disable`` restores the class's forward. The RNG state is
+unchanged. The RNG state is
 saved and restored around the recomputation, so dropout draws the same masks
 and gradients equal those of the plain model.
 """
