@@ -51,7 +51,7 @@ PRESETS: dict[str, ModelConfig] = {
                                     bos_token_id=100000, eos_token_id=100001),
 }
 
-# Published parameter counts (from each model card or config), shown by `llmkit info` beside the computed one and checked by tests.
+# Published parameter counts: `llmkit info` shows them beside the computed count, tests check they agree.
 PUBLISHED_PARAMS = {
     "smollm2-135m": 134_515_008,
     "smollm2-360m": 361_821_120,
