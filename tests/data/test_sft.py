@@ -69,7 +69,7 @@ def test_preference_dataset_skips_truncated_replies(chat_tokenizer):
 
 
 def test_sft_with_the_llmkit_tokenizer():
-    tokenizer_module = pytest.importorskip("llmkit.tokenizer")
+    import llmkit.tokenizer as tokenizer_module
     tok = tokenizer_module.Tokenizer.train(["Hello there. General Kenobi!"] * 20, vocab_size=300)
     conv = [{"role": "user", "content": "Hello there."}, {"role": "assistant", "content": "General Kenobi!"}]
     (x, y), = SFTDataset([conv], tok, max_len=256)

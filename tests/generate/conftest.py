@@ -97,7 +97,6 @@ def smollm2(smollm2_gguf):
 def smollm2_hf(smollm2_gguf):
     """transformers' SmolLM2-135M-Instruct from the same GGUF (dequantised to fp32)."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
     transformers.logging.set_verbosity_error()
     return transformers.AutoModelForCausalLM.from_pretrained(
         str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).eval()

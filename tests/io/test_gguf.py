@@ -1,14 +1,13 @@
 """GGUF: export -> import round trips, the file layout llama.cpp expects, parity with transformers, errors."""
+import gguf
 import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
-
-from llmkit import CausalLM, ModelConfig  # noqa: E402
-from llmkit.io import CheckpointError, export_gguf, load_model  # noqa: E402
-from llmkit.io.gguf import load_gguf, permute_qk, read_gguf_config  # noqa: E402
-from llmkit.presets import PRESETS  # noqa: E402
+from llmkit import CausalLM, ModelConfig
+from llmkit.io import CheckpointError, export_gguf, load_model
+from llmkit.io.gguf import load_gguf, permute_qk, read_gguf_config
+from llmkit.presets import PRESETS
 
 Q = gguf.GGMLQuantizationType
 BASE = dict(vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=128,

@@ -64,7 +64,6 @@ def smollm2(smollm2_gguf: Path) -> Tokenizer:
 def hf_smollm2(smollm2_gguf: Path):
     """transformers' own reading of the same GGUF's tokenizer."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
     return transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
 
 
