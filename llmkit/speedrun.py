@@ -11,14 +11,13 @@ One function, :func:`speedrun`, runs the whole pipeline with embedded defaults:
 
 Time is the budget, not steps: both stages use a warmup-stable-decay schedule
 whose length is re-estimated from the measured step time until the decay
-begins (:func:`fit_by_deadline`), so pretraining and SFT fill their share of
-``minutes`` and still decay fully, which matters more for the final loss than a
-few extra steps.
+begins (``Trainer.fit(time_limit=...)``), so pretraining and SFT fill their
+share of ``minutes`` and still decay fully, which matters more for the final
+loss than a few extra steps.
 """
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -119,47 +118,15 @@ def _train_config(cfg: SpeedrunConfig, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def fit_by_deadline(trainer, deadline: float, min_steps: int):
-    """Train until the wall-clock ``deadline`` (time.perf_counter()), ending with a full WSD decay.
-
-    Before its decay starts, WSD's learning rate does not depend on ``max_steps``, so while
-    the run is still warming up or at constant rate, ``max_steps`` is re-estimated from the
-    measured step time without changing any step already taken. This keeps the budget even
-    when the machine's speed changes during the run (a busy neighbour on a laptop).
-
-    Returns:
-        (FitResult, evaluation on all validation data).
-    """
-    import dataclasses
-
-    from tqdm import tqdm
-
-    from llmkit.train.metrics import plot_curves
-
-    keep = 1 - trainer.cfg.decay_fraction
-    start, first = time.perf_counter(), trainer.step
-    bar = tqdm(total=trainer.cfg.max_steps, desc=Path(trainer.cfg.out_dir).name, dynamic_ncols=True)
-    while trainer.step < trainer.cfg.max_steps:
-        record = trainer.train_step()
-        if trainer.metrics and trainer.step % trainer.cfg.log_every == 0:
-            trainer.metrics.write(record)
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tok_per_s']:.0f}", lr=f"{record['lr']:.2e}")
-        done = trainer.step - first
-        if done >= 3 and trainer.step < int(trainer.cfg.max_steps * keep):
-            per_step = (time.perf_counter() - start) / done
-            target = trainer.step + int(max(deadline - time.perf_counter(), 0) / per_step)
-            target = max(target, min_steps, math.ceil((trainer.step + 1) / keep))  # decay starts after now
-            trainer.cfg = dataclasses.replace(trainer.cfg, max_steps=target)
-            bar.total = target
-    bar.close()
-    result = trainer.fit()  # nothing left to train: saves the checkpoint and exports out_dir/model
-    evaluation = trainer.evaluate()
-    if trainer.metrics:
-        trainer.metrics.write({"step": trainer.step, **evaluation})
-        plot_curves(trainer.metrics.read(), Path(trainer.cfg.out_dir) / "curves.png")
-    trainer.close()
-    return result, evaluation
+def _fit(trainer, seconds: float, min_steps: int):
+    """Train within ``seconds`` (:meth:`Trainer.fit`'s time limit); Ctrl-C, once the step is saved, ends the run."""
+    try:
+        result = trainer.fit(time_limit=seconds, min_steps=min_steps)
+    finally:
+        trainer.close()
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def samples(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int = 80) -> list[tuple[str, str]]:
@@ -201,13 +168,13 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
     # would cost a sizeable share of a ten-minute budget
     pre_cfg = _train_config(cfg, task="pretrain", model=cfg.preset, model_overrides=overrides, data=str(run / "data"),
                             tokenizer=str(run / "tokenizer"), seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                            lr=cfg.lr, min_lr=cfg.lr / 10, warmup_steps=20, max_steps=100_000, eval_every=0,
+                            lr=cfg.lr, min_lr=cfg.lr / 10, warmup_steps=20, max_steps=100_000, eval_every=0,  # a cap
                             out_dir=str(run / "pretrain"))
     trainer = Trainer(pre_cfg)
     n_params = trainer.model.num_parameters()
     start = time.perf_counter()
-    pre, pre_eval = fit_by_deadline(trainer, start + train_seconds * PRETRAIN_SHARE, min_steps=30)
-    pre_wall = time.perf_counter() - start
+    pre = _fit(trainer, train_seconds * PRETRAIN_SHARE, min_steps=30)
+    pre_wall, pre_eval = time.perf_counter() - start, pre.eval
     model_cfg = trainer.model.cfg
     pre_tokens = pre.step * cfg.batch_size * cfg.seq_len
     tokens_per_s = pre_tokens / pre_wall
@@ -231,7 +198,8 @@ def speedrun(cfg: SpeedrunConfig) -> dict:
     sft_before = trainer.evaluate()
     remaining = cfg.minutes * 60 - (time.perf_counter() - t0)
     sft_seconds = max(remaining - 20, 0) * SFT_SHARE / (1 - PRETRAIN_SHARE)  # keep ~20 s for samples and report
-    sft, sft_eval = fit_by_deadline(trainer, time.perf_counter() + sft_seconds, min_steps=10)
+    sft = _fit(trainer, sft_seconds, min_steps=10)
+    sft_eval = sft.eval
     _log(f"sft: {sft.step} steps, chat val loss {sft_before['val_loss']:.4f} -> {sft_eval['val_loss']:.4f}")
     tuned = CausalLM.from_pretrained(run / "sft" / "model")
     after = {"chat": samples(tuned, tokenizer, chat_prompts, chat=True)}

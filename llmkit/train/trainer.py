@@ -21,6 +21,12 @@ everything the same way, loads weights, optimizer moments, the loader
 position and loss-scaler state, and restores each rank's RNG state last, so
 on CPU in fp32 it reaches bit-identical weights to a run never stopped.
 
+Time limits. ``fit(time_limit=seconds)`` sizes a WSD run to the clock: until
+the decay begins, the rates do not depend on ``max_steps``, so it is
+re-estimated after every step from the measured step time, and the run ends
+near the limit with a full decay, even when the machine's speed changes
+during the run (the speedrun's budget on a shared laptop).
+
 Stopping. SIGINT (Ctrl-C) or SIGTERM lets the current step finish, then a
 checkpoint is saved and :meth:`Trainer.fit` returns ``interrupted=True``; a
 second Ctrl-C aborts at once. A ``kill -9`` loses the steps since the last
@@ -34,7 +40,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +62,9 @@ from llmkit.train.metrics import MetricsLog, plot_curves
 from llmkit.train.model import build_model, model_config
 from llmkit.train.optim import build_optimizer, freeze
 from llmkit.train.precision import autocast, check_precision, grad_scaler
-from llmkit.train.schedule import lr_at
+from llmkit.train.schedule import decay_start, lr_at, refit_wsd
+
+TIMED_STEPS = 3  # steps timed before a time limit first re-fits max_steps
 
 
 def seed_all(seed: int) -> None:
@@ -288,19 +296,36 @@ class Trainer:
                         autocast(self.d.device, self.cfg.dtype), self.data.bytes_per_token)
 
     # ----- the loop -----
-    def fit(self) -> FitResult:
-        """Train to ``max_steps`` (or until interrupted), evaluating, logging and checkpointing on the way."""
+    def fit(self, time_limit: float | None = None, min_steps: int = 0) -> FitResult:
+        """Train to ``max_steps`` (or until interrupted), evaluating, logging and checkpointing on the way.
+
+        Args:
+            time_limit: seconds to train for, needing ``schedule="wsd"``. Until the decay begins,
+                ``max_steps`` is re-estimated after every step from the mean time per step so far
+                (:func:`~llmkit.train.schedule.refit_wsd`), so the run ends near the limit and still
+                decays fully, and no step already taken changes its learning rate. ``cfg.max_steps``
+                is the most it may grow to; ``self.cfg`` and the checkpoints hold the re-fitted value.
+                The final evaluation, checkpoint and export come after the limit.
+            min_steps: with ``time_limit``, train at least this many steps (in all) however slow they are.
+        """
+        if time_limit is not None and self.cfg.schedule != "wsd":
+            raise ValueError(f"a time limit needs schedule='wsd' (got {self.cfg.schedule!r}): only WSD's rates "
+                             "before its decay do not depend on max_steps")
         cfg, d = self.cfg, self.d
         result = FitResult(self.step, interrupted=False)
+        start, first, most = time.perf_counter(), self.step, cfg.max_steps
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not d.is_main, dynamic_ncols=True)
         try:
             with GracefulStop() as stop:
-                while self.step < cfg.max_steps:
+                while self.step < self.cfg.max_steps:
                     record = result.last = self.train_step()
+                    if time_limit is not None:
+                        self._fit_to_time(time_limit, time.perf_counter() - start, self.step - first, min_steps, most)
+                        bar.total = self.cfg.max_steps
                     bar.update(1)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tok_per_s']:.0f}",
                                     lr=f"{record['lr']:.2e}")
-                    last = self.step == cfg.max_steps
+                    last = self.step == self.cfg.max_steps
                     if self.metrics and (self.step % cfg.log_every == 0 or last):
                         self.metrics.write(record)
                     if last or (cfg.eval_every and self.step % cfg.eval_every == 0):
@@ -323,6 +348,17 @@ class Trainer:
                 print(f"llmkit train: stopped at step {self.step}; continue with --resume {self.out}")
         distributed.barrier(d)
         return result
+
+    def _fit_to_time(self, time_limit: float, elapsed: float, done: int, fewest: int, most: int) -> None:
+        """Re-fit ``max_steps`` so the steps left fill the time left, ``done`` steps having taken ``elapsed`` s."""
+        cfg = self.cfg
+        if done < TIMED_STEPS or self.step >= decay_start(cfg.max_steps, cfg.warmup_steps, cfg.decay_fraction):
+            return
+        # every rank must choose the same length, so all use the mean of their clocks
+        elapsed = distributed.all_reduce_sum(torch.tensor([elapsed], dtype=torch.float64, device=self.d.device),
+                                             self.d).item() / self.d.world_size
+        wanted = self.step + int(max(time_limit - elapsed, 0.0) / max(elapsed / done, 1e-9))
+        self.cfg = replace(cfg, max_steps=refit_wsd(cfg, self.step, min(max(wanted, fewest), most)))
 
     def _evaluate_and_log(self, bar: tqdm) -> dict[str, float]:
         metrics = self.evaluate()
