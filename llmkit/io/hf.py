@@ -39,14 +39,27 @@ def rename(name: str, model_type: str | None, to_hf: bool) -> str:
     return name
 
 
-def read_hf_config(directory: Path) -> tuple[ModelConfig, dict]:
-    path = directory / "config.json"
-    if not path.exists():
-        raise CheckpointError(f"{directory} has no config.json (is it a Hugging Face model directory?)")
+def read_json_object(path: Path) -> dict:
+    """The JSON object in the file ``path``.
+
+    Raises:
+        CheckpointError: the file is not valid JSON, or holds something other than an object.
+    """
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return raw
+
+
+def read_hf_config(directory: Path) -> tuple[ModelConfig, dict]:
+    """(config, the raw ``config.json``) of an HF model directory."""
+    path = directory / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory} has no config.json (is it a Hugging Face model directory?)")
+    raw = read_json_object(path)
     return config_from_hf(raw), raw
 
 

@@ -16,7 +16,6 @@ config (a preset or config file) from a checkpoint with weights
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Literal
 
 from llmkit.config import ModelConfig
 from llmkit.io.gguf import read_gguf_config
-from llmkit.io.hf import read_hf_config
+from llmkit.io.hf import read_hf_config, read_json_object
 from llmkit.io.hf_config import config_from_hf
 from llmkit.io.pull import MODELS, resolve_model
 from llmkit.presets import PRESETS
@@ -85,12 +84,7 @@ def _read_json_config(path: Path) -> ModelConfig:
     """A ``ModelConfig`` from an HF ``config.json`` or a ``ModelConfig`` JSON."""
     if not path.is_file():
         raise FileNotFoundError(f"no such model config: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+    raw = read_json_object(path)
     if "model_type" in raw or "llmkit_config" in raw:  # an HF config.json
         return config_from_hf(raw)
     return ModelConfig.from_dict(raw)
