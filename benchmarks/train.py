@@ -7,14 +7,10 @@ bf16 autocast. Ours is ``Trainer.train_step`` (LR schedule, loss normalisation a
 included); theirs is the textbook loop. Step times are the median of ``--steps`` timed steps after
 ``--warmup`` untimed ones, ours and theirs interleaved so that load from other processes hits both.
 
-MFU (model FLOPs utilisation) = model FLOPs per second / peak FLOPs per second, with
-
-    FLOPs per token = 6 * N + 12 * n_layers * seq_len * (n_heads * head_dim)
-
-(Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B): N counts the weights of every
-matmul -- all parameters except the embedding lookup, but including the LM head even when tied --
-and the second term is the attention scores and weighted sum (forward + backward, causal masking
-not discounted). The peak is *measured*: the best of several large square matmuls in the same
+MFU (model FLOPs utilisation) = model FLOPs per second / peak FLOPs per second, with the FLOPs
+per token of :func:`llmkit.estimate.flops.train_flops_per_token` (the speedrun's MFU too):
+``6 * N_matmul`` plus the causal attention scores and weighted sum (Kaplan et al. 2020; PaLM,
+Chowdhery et al. 2022, appendix B; its docstring has the details). The peak is *measured*: the best of several large square matmuls in the same
 dtype, on the same device and thread count, in the same run. On a CPU that is the attainable BLAS
 peak rather than a datasheet figure, so MFU reads as "share of what this machine's matmul can do".
 
@@ -34,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.config import ModelConfig
+from llmkit.estimate.flops import train_flops_per_token
+from llmkit.estimate.params import count_params
 from llmkit.presets import get_preset
 
 MODELS = {
@@ -55,16 +53,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats
         _sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int) -> tuple[int, float]:
-    """(parameters, training FLOPs per token) of ``cfg``."""
-    from llmkit.model import count_parameters
-
-    params = count_parameters(cfg)  # a tied head is counted once, as the embedding
-    # matmul weights: everything but the embedding lookup, plus the LM head (the same matrix when tied)
-    matmul_weights = params if cfg.tie_word_embeddings else params - cfg.vocab_size * cfg.dim
-    return params, 6 * matmul_weights + 12 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_size
 
 
 def _sync(device: torch.device) -> None:
@@ -158,7 +146,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         cfg = MODELS[name]
-        params, fpt = flops_per_token(cfg, args.seq)
+        params, fpt = count_params(cfg).total, train_flops_per_token(cfg, args.seq)
         for dtype in dtypes:
             with tempfile.TemporaryDirectory() as tmp:
                 steps = {"llmkit": ours(cfg, dtype, args.batch, args.seq, device, tmp),

@@ -144,7 +144,7 @@ def samples(model, tokenizer, prompts: list, chat: bool, max_new_tokens: int = 8
 
 def speedrun(cfg: SpeedrunConfig) -> dict:
     """Run the whole pipeline; returns the summary written to ``summary.json``."""
-    from llmkit.flops import measure_peak_flops, train_flops_per_token
+    from llmkit.estimate.flops import measure_peak_flops, train_flops_per_token
     from llmkit.model import CausalLM
     from llmkit.presets import get_preset
     from llmkit.train import Trainer
