@@ -3,8 +3,9 @@
 The same dataclass is the library's argument, the CLI's flags (``llmkit train
 --lr 1e-3``), the YAML recipe's schema and the JSON saved in every checkpoint,
 so a run is reproducible from its checkpoint alone. Model architecture stays
-in :class:`~llmkit.config.ModelConfig`; ``model`` names a preset or a
-checkpoint and ``model_overrides`` changes single fields of it (dropout for a
+in :class:`~llmkit.config.ModelConfig`; ``model`` is anything
+:func:`llmkit.io.resolve_config` accepts (a preset, config, checkpoint or
+pulled model) and ``model_overrides`` changes single fields of it (dropout for a
 fine-tune, a smaller ``n_layers`` for a test). ``ModelOverrides`` is generated
 from ``ModelConfig`` -- every field, optional -- so it never drifts from the
 model and each override is typed (``--model_overrides.resid_dropout 0.1``).
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmkit.config import ModelConfig
+from llmkit.io.resolve import ACCEPTED
 from llmkit.validate import check_choices
 
 Task = Literal["pretrain", "sft"]
@@ -63,11 +65,12 @@ class TrainConfig:
 
     # --- what ---
     task: Task = field(default="pretrain", metadata=_help("pretrain on packed text, or sft on chat conversations"))
-    model: str = field(default="tiny", metadata=_help("preset name (random init) or HF model directory (its weights)"))
+    model: str = field(default="tiny", metadata=_help(
+        f"{ACCEPTED}; a preset or config starts from a random init, a checkpoint from its weights"))
     model_overrides: ModelOverrides = field(default_factory=ModelOverrides,
                                             metadata=_help("ModelConfig fields to change"))
     tokenizer: str = field(default="", metadata=_help(
-        "tokenizer directory; empty: the model directory's, or a BPE trained on the training text"))
+        "tokenizer directory, tokenizer.json or .gguf; empty: the checkpoint's, or a BPE trained on the training text"))
 
     # --- data ---
     data: str = field(default="shakespeare", metadata=_help(
@@ -124,7 +127,7 @@ class TrainConfig:
         need(self.lr > 0, "lr", "must be > 0")
         need(self.min_lr <= self.lr, "min_lr", f"must not exceed lr={self.lr}")
         need(0.0 < self.decay_fraction <= 1.0, "decay_fraction", "must be in (0, 1]")
-        need(bool(self.model), "model", "give a preset name or a model directory")
+        need(bool(self.model), "model", f"give {ACCEPTED}")
         need(bool(self.data), "data", "give a shard directory, corpus name or file")
         return self
 

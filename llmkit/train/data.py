@@ -13,8 +13,9 @@ validation token. This module builds those from what ``data`` names:
   ``.jsonl``, folder): loaded with :func:`llmkit.data.corpora.load_corpus`,
   split with :func:`llmkit.data.split.split_documents`, tokenised into
   ``out_dir/data/{train,val}``. The tokenizer is ``tokenizer``, else the
-  model directory's, else a byte-level BPE of the model's vocabulary size
-  trained on the training split and saved to ``out_dir/tokenizer``. The
+  checkpoint's (an HF directory's or a GGUF's), else a byte-level BPE of the
+  model's vocabulary size trained on the training split and saved to
+  ``out_dir/tokenizer``. The
   manifest's ``source`` records what was prepared, so a resumed run reuses
   the shards and a changed config rebuilds them.
 - **sft**, a ``.jsonl`` file of conversations (each line ``{"messages": [...]}``
@@ -42,6 +43,7 @@ import torch
 from llmkit.data.conversations import read_conversations
 from llmkit.data.loader import PackedLoader
 from llmkit.data.shards import MANIFEST, read_manifest, write_shards
+from llmkit.io import resolve_config
 from llmkit.train.distributed import Dist, barrier
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -125,9 +127,15 @@ def load_tokenizer(path: str | Path):
 
 
 def model_tokenizer(model: str):
-    """The tokenizer saved in model directory ``model``, or None (a preset, or no tokenizer files)."""
-    p = Path(model)
-    return load_tokenizer(p) if (p / "tokenizer.json").exists() else None
+    """The tokenizer of checkpoint ``model`` (anything :func:`llmkit.io.resolve_config` accepts).
+
+    An HF directory's ``tokenizer.json`` or a GGUF file's tokenizer metadata; None for a preset or
+    config file (no checkpoint), or an HF directory saved without tokenizer files.
+    """
+    weights = resolve_config(model).weights
+    if weights is None or (weights.is_dir() and not (weights / "tokenizer.json").is_file()):
+        return None
+    return load_tokenizer(weights)
 
 
 # ----- pretraining -----

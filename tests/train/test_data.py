@@ -10,7 +10,7 @@ from llmkit.train import Trainer
 from llmkit.train.data import ConversationBatches, build_data
 from llmkit.train.distributed import Dist
 
-from .helpers import WORDS, tiny_cfg
+from .helpers import TINY, WORDS, tiny_cfg
 
 CPU = Dist(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -70,6 +70,28 @@ def test_corpus_without_tokenizer_trains_one_of_the_model_vocab(tmp_path):
     cfg = tiny_cfg(tmp_path, data=str(corpus))
     data = build_data(cfg, 300, CPU)
     assert 256 < data.tokenizer.vocab_size <= 300 and (Path(cfg.out_dir) / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_corpus_for_a_gguf_model_is_tokenised_with_the_gguf_tokenizer(tmp_path, tokenizer_dir):
+    from llmkit import CausalLM, ModelConfig
+    from llmkit.io import export_gguf
+    from llmkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    spec = json.loads(tok.backend.to_str())["model"]
+    tokens = sorted(spec["vocab"], key=spec["vocab"].get)
+    model = tmp_path / "model.gguf"
+    export_gguf(CausalLM(ModelConfig(**{**TINY, "vocab_size": 300})), model, tokenizer_metadata={
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": [" ".join(m) for m in spec["merges"]], "tokenizer.ggml.eos_token_id": tok.eos_id,
+        "tokenizer.ggml.token_type": [3 if t in tok.special_tokens else 1 for t in tokens]})
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i % 5:]) for i in range(400)))
+    cfg = tiny_cfg(tmp_path, model=str(model), data=str(corpus))
+    data = build_data(cfg, 300, CPU)
+    text = "the king said to the queen: good night, my lord"
+    assert data.tokenizer.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
+    assert not (Path(cfg.out_dir) / "tokenizer").exists()  # no fresh BPE trained beside the model
 
 
 def test_conversation_batches_shard_ranks_and_resume():
