@@ -48,7 +48,7 @@ def read_json_object(path: Path) -> dict:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        raise CheckpointError(f"{path} is corrupt (not valid JSON): {e}") from e
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return raw

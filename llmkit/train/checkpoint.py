@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from llmkit.config import ModelConfig
 from llmkit.io.atomic import atomic_dir
 from llmkit.io.errors import CheckpointError
-from llmkit.io.hf import read_hf_config, read_hf_state_dict, save_hf
+from llmkit.io.hf import read_hf_config, read_hf_state_dict, read_json_object, save_hf
 
 FORMAT = "llmkit-train-checkpoint-v1"
 STATE_FILE = "trainer_state.json"
@@ -163,10 +163,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     state_file = path / STATE_FILE
     if not state_file.exists():
         raise CheckpointError(f"{path} is not a training checkpoint (no {STATE_FILE})")
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{state_file} is corrupt: {e}") from None
+    state = read_json_object(state_file)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{state_file} has format {state.get('format')!r}, expected {FORMAT!r}")
     for name, digest in state["files"].items():

@@ -69,6 +69,7 @@ def test_fresh_run_refuses_an_out_dir_with_checkpoints(tmp_path):
         p.joinpath("optimizer.safetensors").read_bytes()[:-8] + b"\0" * 8), "optimizer.safetensors does not match"),
     (lambda p: p.joinpath("rng.json").unlink(), "rng.json is missing"),
     (lambda p: p.joinpath("trainer_state.json").write_text("{\"step\": 4,"), "trainer_state.json is corrupt"),
+    (lambda p: p.joinpath("trainer_state.json").write_text("[4]"), "trainer_state.json must hold a JSON object"),
 ])
 def test_corrupt_checkpoint_fails_clearly_and_writes_nothing(tmp_path, damage, message):
     cfg = _run(tmp_path)
