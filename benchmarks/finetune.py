@@ -112,7 +112,6 @@ def _build_4bit(cfg):
     from torch import nn
 
     from llmkit import CausalLM
-    from llmkit.model.rope import RotaryEmbedding
     from llmkit.peft.base import replace_module
     from llmkit.peft.qlora import Linear4bit
 
@@ -129,7 +128,7 @@ def _build_4bit(cfg):
             with torch.no_grad():
                 for p in m.parameters(recurse=False):
                     p.normal_(std=cfg.init_std) if p.dim() > 1 else p.fill_(1.0)
-    model.model.rotary_emb = RotaryEmbedding(cfg)
+    model.rebuild_buffers("cpu")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model

@@ -33,20 +33,12 @@ from typing import Literal
 import torch
 
 from llmkit.generate.compile import compile_step
-from llmkit.generate.loop import (TokenResult, check_context, forward_last, full_mask, prompt_tokens,
-                                  setup_cache)
+from llmkit.generate.decoding import (TokenResult, check_context, forward_last, full_mask, prompt_tokens,
+                                      setup_cache)
 from llmkit.generate.sampling import SamplingParams, process_logits
 from llmkit.model import CausalLM
 
 _MASKED = -1.0e9  # score of an empty finished slot and of a continuation that may not be chosen
-
-
-def reorder_cache(model: CausalLM, rows: torch.Tensor) -> None:
-    """Replace cache row ``i`` by row ``rows[i]`` in every layer (beams follow their parents)."""
-    n = rows.numel()
-    for layer in model.model.layers:
-        for buf in layer.self_attn.kv_cache.buffers():
-            buf[:n] = buf[:n].index_select(0, rows)
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -83,7 +75,7 @@ def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.
         raise ValueError("beam search does not sample: use temperature=0 with num_beams > 1")
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    device = model.lm_head.weight.device
+    device = model.device
     b, t = input_ids.shape
     n = num_beams
     max_new = check_context(model, t, max_new_tokens)
@@ -145,7 +137,7 @@ def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.
             break
 
         rows = (torch.arange(b, device=device)[:, None] * n + _gather(parent, best)).view(-1)  # (B*n,)
-        reorder_cache(model, rows)
+        model.reorder_cache(rows)
         next_tokens = _gather(token, best).view(-1, 1)  # (B*n, 1)
         if counts is not None:
             counts = counts.index_select(0, rows)

@@ -20,7 +20,9 @@ from typing import Literal
 
 import torch
 
-from llmkit.generate.loop import FinishReason, TokenStream, generate_tokens
+from llmkit.generate.beam import beam_search
+from llmkit.generate.decoding import FinishReason
+from llmkit.generate.loop import TokenStream
 from llmkit.generate.prompts import Prompts, encode_prompts, left_pad
 from llmkit.generate.sampling import SamplingParams
 from llmkit.generate.stop import StopStrings
@@ -115,27 +117,22 @@ def _split_stop(stop: str | int | Sequence[str | int] | None) -> tuple[list[str]
     return [s for s in items if isinstance(s, str)], {s for s in items if isinstance(s, int)}
 
 
-def generate(model: CausalLM, tokenizer: Tokenizer, prompts: Prompts, *, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-             repetition_penalty: float = 1.0, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-             stop: str | int | Sequence[str | int] | None = None, seed: int | None = None, num_beams: int = 1,
-             length_penalty: float = 1.0, early_stopping: bool | Literal["never"] = False, stream: bool = False,
-             compile: bool = False) -> GenerationResult | Iterator[str] | Iterator[tuple[int, str]]:
+def generate(model: CausalLM, tokenizer: Tokenizer, prompts: Prompts, *, sampling: SamplingParams | None = None,
+             max_new_tokens: int = 256, stop: str | int | Sequence[str | int] | None = None, seed: int | None = None,
+             num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | Literal["never"] = False,
+             stream: bool = False, compile: bool = False,
+             **sampling_fields: float) -> GenerationResult | Iterator[str] | Iterator[tuple[int, str]]:
     """Generate text for one prompt or a batch.
 
     Args:
-        model: the language model (eval mode).
+        model: the language model (eval mode), or a whole-model adapter with its interface.
         tokenizer: its tokenizer (EOS ends a row; the chat template renders conversations).
         prompts: a string, a list of strings, a conversation (list of ``{"role", "content"}``
             dicts) or a list of conversations; see :mod:`llmkit.generate.prompts`.
+        sampling: how tokens are chosen (:class:`SamplingParams`); default greedy.
+        **sampling_fields: shorthand for ``sampling=SamplingParams(**sampling_fields)``
+            (``temperature=0.7, top_p=0.9``); not combined with ``sampling``.
         max_new_tokens: tokens to generate per prompt at most (clipped to the context).
-        temperature: 0 = greedy; otherwise sample from ``softmax(logits / temperature)``.
-        top_k: sample among the k most likely tokens (0 = off).
-        top_p: sample from the smallest set with this probability mass (1 = off).
-        min_p: drop tokens less likely than ``min_p`` times the most likely one (0 = off).
-        repetition_penalty: transformers' multiplicative penalty on seen tokens (1 = off).
-        presence_penalty: OpenAI's additive penalty on generated tokens (0 = off).
-        frequency_penalty: OpenAI's per-occurrence penalty on generated tokens (0 = off).
         stop: stop strings and/or stop token ids, besides EOS.
         seed: makes sampling reproducible; None uses torch's global random state.
         num_beams: > 1 runs beam search (greedy only; no stop strings, no streaming).
@@ -153,8 +150,9 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompts: Prompts, *, max_new
     Raises:
         ValueError: invalid parameters, an empty prompt, or a prompt as long as the context.
     """
-    sampling = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty,
-                              frequency_penalty).validate()
+    if sampling is not None and sampling_fields:
+        raise ValueError(f"give sampling= or its fields ({', '.join(sampling_fields)}), not both")
+    sampling = (sampling or SamplingParams(**sampling_fields)).validate()
     rows, single = encode_prompts(tokenizer, prompts)
     stop_strings, stop_ids = _split_stop(stop)
     if tokenizer.eos_id is not None:
@@ -165,15 +163,14 @@ def generate(model: CausalLM, tokenizer: Tokenizer, prompts: Prompts, *, max_new
     if num_beams > 1:
         if stream or stop_strings:
             raise ValueError("beam search supports neither streaming nor stop strings (stop ids are fine)")
-        out = generate_tokens(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling,
-                              stop_ids=stop_ids, num_beams=num_beams, length_penalty=length_penalty,
-                              early_stopping=early_stopping, compile=compile)
+        out = beam_search(model, ids, mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                          length_penalty=length_penalty, early_stopping=early_stopping, sampling=sampling,
+                          stop_ids=stop_ids, compile=compile)
         texts = [tokenizer.decode(t[:-1] if r == "stop" else t, skip_special_tokens=True)
                  for t, r in zip(out.token_ids, out.finish_reasons)]
         return GenerationResult(texts, out.token_ids, out.finish_reasons)
 
-    device = model.lm_head.weight.device
-    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    generator = torch.Generator(model.device).manual_seed(seed) if seed is not None else None
     tokens = TokenStream(model, ids, mask, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids,
                          generator=generator, compile=compile)
     run = _TextGeneration(tokens, tokenizer, StopStrings(stop_strings))

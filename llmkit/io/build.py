@@ -14,7 +14,6 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.io.errors import CheckpointError
 from llmkit.model import CausalLM
-from llmkit.model.rope import RotaryEmbedding
 
 
 def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
@@ -62,6 +61,5 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
     model.load_state_dict(cast, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    if model.model.rotary_emb is not None:  # non-persistent buffers are not in the state dict
-        model.model.rotary_emb = RotaryEmbedding(cfg).to(device)
+    model.rebuild_buffers(device)  # non-persistent buffers are not in the state dict
     return model.eval()

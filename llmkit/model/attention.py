@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.norm import RMSNorm
 from llmkit.model.rope import apply_rope
 
@@ -56,11 +57,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 class Attention(nn.Module):
-    """Causal self-attention; ``kv_cache`` is attached by ``CausalLM.setup_caches``."""
+    """Causal self-attention of layer ``layer_idx``; ``kv_cache`` is attached by ``CausalLM.setup_caches``."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layer_idx = cfg, layer_idx
         self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_size
         self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(cfg.dim, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
@@ -71,10 +72,10 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps)
         self.kv_cache = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: torch.Tensor | None, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim). ``input_pos`` (T,) are the cache slots when a cache is set up."""
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim): writes K/V at ``meta.input_pos`` when a cache is set up."""
         b, t, _ = x.shape
+        rope = meta.rope
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -83,10 +84,14 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope, layout=self.cfg.rope_layout)
             k = apply_rope(k, *rope, layout=self.cfg.rope_layout)
-        if self.kv_cache is not None and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
+        if self.kv_cache is not None and meta.input_pos is not None:
+            k, v = self.kv_cache.update(meta.input_pos, k, v)  # (B, Hkv, S, D)
+        if meta.prefix_kv is not None:
+            pk, pv = meta.prefix_kv[self.layer_idx].to(k.dtype)  # (Hkv, n, D) each
+            k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
         dropout = self.cfg.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout)
+        y = attend(q, k, v, meta.mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -18,12 +18,14 @@ from torch import nn
 
 from llmkit.config import ModelConfig
 from llmkit.model.attention import Attention, CrossAttention
+from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.mla import MLAttention
 from llmkit.model.mlp import MLP
 from llmkit.model.moe import MoE
 from llmkit.model.norm import build_norm
 
-ATTENTION = {"mha": Attention, "mla": MLAttention}
+ATTENTION = {"mha": Attention, "mla": MLAttention}  # built as (cfg, layer index)
+FEED_FORWARD = {"dense": MLP, "moe": MoE}  # built as (cfg); "moe" also returns its load-balancing loss
 
 
 class Block(nn.Module):
@@ -35,33 +37,31 @@ class Block(nn.Module):
             return build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
 
         self.input_layernorm = norm()
-        self.self_attn = ATTENTION[cfg.attention](cfg)
+        self.self_attn = ATTENTION[cfg.attention](cfg, layer)
         self.post_attention_layernorm = norm()
         if cfg.norm_placement == "sandwich":
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
-        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
+        self.moe = cfg.is_moe_layer(layer)
+        self.mlp = FEED_FORWARD["moe" if self.moe else "dense"](cfg)
 
     def _ffn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(self.mlp, MoE):
-            return self.mlp(x)
-        return self.mlp(x), None
+        return self.mlp(x) if self.moe else (self.mlp(x), None)
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None,
-                input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, dim) -> (x (B, T, dim), MoE aux loss or None)."""
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, dim) -> (x (B, T, dim), MoE aux loss or None); ``meta`` goes to attention unchanged."""
         drop = self.cfg.resid_dropout if self.training else 0.0
         placement = self.cfg.norm_placement
         if placement == "pre":
-            x = x + F.dropout(self.self_attn(self.input_layernorm(x), rope, mask, input_pos), drop)
+            x = x + F.dropout(self.self_attn(self.input_layernorm(x), meta), drop)
             y, aux = self._ffn(self.post_attention_layernorm(x))
             return x + F.dropout(y, drop), aux
         if placement == "post":
             alpha = self.cfg.deepnorm_alpha
-            x = self.input_layernorm(alpha * x + F.dropout(self.self_attn(x, rope, mask, input_pos), drop))
+            x = self.input_layernorm(alpha * x + F.dropout(self.self_attn(x, meta), drop))
             y, aux = self._ffn(x)
             return self.post_attention_layernorm(alpha * x + F.dropout(y, drop)), aux
-        h = self.self_attn(self.input_layernorm(x), rope, mask, input_pos)
+        h = self.self_attn(self.input_layernorm(x), meta)
         x = x + F.dropout(self.post_attention_layernorm(h), drop)
         y, aux = self._ffn(self.pre_feedforward_layernorm(x))
         return x + F.dropout(self.post_feedforward_layernorm(y), drop), aux

@@ -14,14 +14,15 @@ from torch import nn
 
 from llmkit.config import ModelConfig, yarn_mscale
 from llmkit.model.attention import attend
+from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.norm import RMSNorm
 from llmkit.model.rope import apply_rope
 
 
 class MLAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.layer_idx = cfg, layer_idx
         h = cfg.n_heads
         self.nope, self.rope_dim, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
         self.qk_dim = self.nope + self.rope_dim
@@ -41,10 +42,12 @@ class MLAttention(nn.Module):
             self.scale *= yarn_mscale(cfg.rope_factor, cfg.rope_mscale_all_dim) ** 2
         self.kv_cache = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                mask: torch.Tensor | None, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim)."""
+    def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """x (B, T, dim) -> (B, T, dim): writes the latent at ``meta.input_pos`` when a cache is set up."""
+        if meta.prefix_kv is not None:
+            raise ValueError("MLA caches a compressed latent; a key/value prefix does not map onto it")
         b, t, _ = x.shape
+        rope = meta.rope
         h = self.cfg.n_heads
         q = self.q_proj(x) if self.cfg.q_lora_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(b, t, h, self.qk_dim).transpose(1, 2)  # (B, H, T, nope + rope)
@@ -54,13 +57,13 @@ class MLAttention(nn.Module):
         layout = self.cfg.rope_layout
         q_pe = apply_rope(q_pe, *rope, layout=layout)
         k_pe = apply_rope(k_pe[:, None], *rope, layout=layout)[:, 0]  # (B, T, P), one head shared by all
-        if self.kv_cache is not None and input_pos is not None:
-            c_kv, k_pe = self.kv_cache.update(input_pos, c_kv, k_pe)
+        if self.kv_cache is not None and meta.input_pos is not None:
+            c_kv, k_pe = self.kv_cache.update(meta.input_pos, c_kv, k_pe)
         s = c_kv.shape[1]
         kv = self.kv_b_proj(c_kv).view(b, s, h, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, S, nope), (B, H, S, v)
         k = torch.cat([k_nope, k_pe[:, None].expand(b, h, s, self.rope_dim)], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         dropout = self.cfg.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, mask, self.scale, self.cfg.attn_impl, dropout)
+        y = attend(q, k, v, meta.mask, self.scale, self.cfg.attn_impl, dropout)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, h * self.v_dim))

@@ -3,15 +3,24 @@
 Layout and parameter names are Hugging Face's (``model.embed_tokens``,
 ``model.layers.N.self_attn.q_proj``, ``model.norm``, ``lm_head``), so an HF
 LLaMA-family state dict loads without renaming. Attention metadata (cache
-slots, positions, mask) is computed once per forward here and handed to every
-block as arguments; nothing is global.
+slots, RoPE angles, mask) is computed once per forward here and handed to
+every block as one :class:`~llmkit.model.metadata.AttentionMetadata`
+argument; nothing is global.
 
 Two calling modes:
 - training / scoring: ``model(input_ids)`` runs causally over the whole sequence;
 - cached decoding (gpt-fast style): ``model.setup_caches(B, S)`` once, then
   ``model(ids, input_pos=slots)`` appends to and attends over the static cache.
+
+The inference interface other parts use, so that none reaches inside the
+model: ``dtype``, ``device``, ``setup_caches`` / ``clear_caches`` /
+``has_cache`` / ``cache_len``, ``reorder_cache`` (beam search), and the
+``prefix_kv`` argument of ``forward`` (prefix tuning's virtual keys and values).
+Whole-model adapters (:mod:`llmkit.peft.model_adapter`) offer the same interface.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import nn
@@ -19,9 +28,10 @@ from torch import nn
 from llmkit.config import ModelConfig
 from llmkit.model.block import Block
 from llmkit.model.kv_cache import KVCache, LatentCache
+from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.moe import Router
 from llmkit.model.norm import build_norm
-from llmkit.model.rope import RotaryEmbedding, sinusoidal_embedding
+from llmkit.model.positions import POSITIONS
 
 
 class Decoder(nn.Module):
@@ -30,12 +40,16 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        if cfg.pos_embedding == "learned":
-            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.dim)
+        self.positions_attr, build = POSITIONS[cfg.pos_embedding]
+        setattr(self, self.positions_attr, build(cfg))
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         # post-LN blocks already end in a norm
         self.norm = build_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias) if cfg.norm_placement != "post" else nn.Identity()
-        self.rotary_emb = RotaryEmbedding(cfg) if cfg.pos_embedding == "rope" else None
+
+    @property
+    def positions(self) -> nn.Module:
+        """The position module (``embed(x, positions) -> (x, rope)``), under its HF attribute name."""
+        return getattr(self, self.positions_attr)
 
 
 class CausalLM(nn.Module):
@@ -46,7 +60,7 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.cache_len = 0
+        self._cache_len = 0
         self.apply(self._init_weights)
         if cfg.deepnorm:
             self._deepnorm_gain()
@@ -68,33 +82,89 @@ class CausalLM(nn.Module):
                 if name.endswith("weight") and any(k in name for k in ("v_proj", "o_proj", "mlp.")) and p.dim() == 2:
                     p.mul_(beta)
 
+    def rebuild_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the non-persistent buffers (RoPE frequencies) on ``device``.
+
+        A state dict does not hold them, so a model built on the meta device and loaded with
+        ``load_state_dict(assign=True)`` calls this once.
+        """
+        if any(True for _ in self.model.positions.buffers()):  # RoPE; a learned table is a loaded weight
+            _, build = POSITIONS[self.cfg.pos_embedding]
+            setattr(self.model, self.model.positions_attr, build(self.cfg).to(device))
+
+    # ----- what callers may ask -----
+    def _first_float(self) -> torch.Tensor:
+        """The first floating-point weight or buffer (a quantized linear's packed ints are skipped)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            if t.is_floating_point():
+                return t
+        raise RuntimeError("the model holds no floating-point tensor")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype activations run in (that of the embeddings and norms)."""
+        return self._first_float().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._first_float().device
+
     # ----- caches -----
+    def _caches(self) -> list[nn.Module]:
+        return [layer.self_attn.kv_cache for layer in self.model.layers]
+
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None,
                      device: torch.device | str | None = None) -> None:
-        """Allocate a static KV cache (or MLA latent cache) for every layer."""
+        """Allocate a static KV cache (or MLA latent cache) of ``max_seq_len`` slots for every layer.
+
+        A cache of exactly this batch size, length, dtype and device is kept as it is (no
+        reallocation, so a compiled decode step keeps its buffers); its stale slots are harmless
+        because the mask only lets a query see slots written in the current generation.
+        """
         cfg = self.cfg
         if max_seq_len > cfg.max_seq_len and cfg.pos_embedding == "learned":
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the learned position table ({cfg.max_seq_len})")
-        ref = self.lm_head.weight
-        dtype = dtype or ref.dtype
-        device = device or ref.device
+        dtype = dtype or self.dtype
+        device = torch.device(device) if device is not None else self.device
+        if self.has_cache:
+            first = next(self._caches()[0].buffers())
+            same_device = first.device == device or (device.index is None and first.device.type == device.type)
+            if (first.shape[0], self._cache_len, first.dtype) == (max_batch_size, max_seq_len, dtype) and same_device:
+                return
         for layer in self.model.layers:
             if cfg.attention == "mla":
                 cache = LatentCache(max_batch_size, max_seq_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype, device)
             else:
                 cache = KVCache(max_batch_size, cfg.kv_heads, max_seq_len, cfg.head_size, cfg.head_size, dtype, device)
             layer.self_attn.kv_cache = cache
-        self.cache_len = max_seq_len
+        self._cache_len = max_seq_len
 
     def clear_caches(self) -> None:
+        """Free the caches; the model runs uncached until ``setup_caches`` again."""
         for layer in self.model.layers:
             layer.self_attn.kv_cache = None
-        self.cache_len = 0
+        self._cache_len = 0
+
+    @property
+    def has_cache(self) -> bool:
+        return self._cache_len > 0
+
+    @property
+    def cache_len(self) -> int:
+        """Slots per sequence in the cache (0 without one)."""
+        return self._cache_len
+
+    def reorder_cache(self, indices: torch.Tensor) -> None:
+        """Replace cache row ``i`` by row ``indices[i]`` in every layer (beam search: beams follow their parents)."""
+        n = indices.numel()
+        for cache in self._caches():
+            for buf in cache.buffers():
+                buf[:n] = buf[:n].index_select(0, indices)
 
     # ----- forward -----
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                return_aux_loss: bool = False, logits_to_keep: int = 0):
+                return_aux_loss: bool = False, logits_to_keep: int = 0, prefix_kv: torch.Tensor | None = None):
         """Next-token logits.
 
         Args:
@@ -103,10 +173,14 @@ class CausalLM(nn.Module):
             attention_mask: (B, L) 0/1, 0 marking (left) padding. Without a cache L = T; with one,
                 L covers the slots written so far (shorter is padded with ones).
             position_ids: (B, T) positions for RoPE/learned embeddings; by default the slot index,
-                or the count of real tokens before each one when ``attention_mask`` is given.
+                or the count of real tokens before each one when ``attention_mask`` is given (plus n
+                with ``prefix_kv``).
             return_aux_loss: also return the MoE load-balancing loss (mean over MoE layers, 0 if dense).
             logits_to_keep: compute logits for only the last this-many positions (0 = all); a prefill
                 that only samples the next token skips a (B, T, vocab) matmul.
+            prefix_kv: (n_layers, 2, Hkv, n, D) keys and values every query attends to before the
+                tokens (prefix tuning); the tokens take positions n, n+1, ... as if the prefix had
+                been a prompt. Not stored in the cache.
         Returns:
             logits (B, T or logits_to_keep, vocab) in the model dtype, or ``(logits, aux_loss)``.
         """
@@ -114,31 +188,28 @@ class CausalLM(nn.Module):
         b, t = input_ids.shape
         device = input_ids.device
         cached = input_pos is not None
-        if cached and not self.cache_len:
+        if cached and not self.has_cache:
             raise RuntimeError("input_pos given but no cache: call model.setup_caches(batch, seq_len) first")
         slots = input_pos if cached else torch.arange(t, device=device)
-        kv_len = self.cache_len if cached else t
+        kv_len = self._cache_len if cached else t
+        n_prefix = 0 if prefix_kv is None else prefix_kv.shape[3]
         if attention_mask is not None:
             attention_mask = _pad_mask(attention_mask.to(device), kv_len)
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, slots]
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, slots] + n_prefix
             else:
-                position_ids = slots[None].expand(b, t)
-        mask = build_mask(slots, kv_len, attention_mask, cfg.sliding_window, need=cached or cfg.attn_impl == "eager")
+                position_ids = slots[None].expand(b, t) + n_prefix
+        need_mask = cached or cfg.attn_impl == "eager" or prefix_kv is not None
+        mask = build_mask(slots, kv_len, attention_mask, cfg.sliding_window, need=need_mask)
+        if prefix_kv is not None:  # every query sees the whole prefix
+            mask = torch.cat([mask.new_ones(*mask.shape[:-1], n_prefix), mask], dim=-1)
 
-        x = self.model.embed_tokens(input_ids)
-        rope = None
-        if cfg.pos_embedding == "rope":
-            rope = self.model.rotary_emb(position_ids)
-        elif cfg.pos_embedding == "learned":
-            x = x + self.model.embed_positions(position_ids)
-        elif cfg.pos_embedding == "sinusoidal":
-            x = x + sinusoidal_embedding(position_ids, cfg.dim).to(x.dtype)
-
+        x, rope = self.model.positions.embed(self.model.embed_tokens(input_ids), position_ids)
+        meta = AttentionMetadata(input_pos=input_pos, rope=rope, mask=mask, prefix_kv=prefix_kv)
         aux_losses = []
         for layer in self.model.layers:
-            x, aux = layer(x, rope, mask, input_pos)
+            x, aux = layer(x, meta)
             if aux is not None:
                 aux_losses.append(aux)
         if logits_to_keep:

@@ -17,7 +17,8 @@ Design, for llmkit's ``CausalLM`` calling convention
 - ``VirtualTokenLM`` prepends those ids and drops their logits. They occupy
   positions and cache slots 0..n-1; the caller's slot p becomes p + n, and the
   call that writes slot 0 (the prefill) writes the virtual tokens too, so
-  cached generation works unchanged (``setup_caches`` reserves n extra slots).
+  cached generation works unchanged (``setup_caches`` reserves n extra slots;
+  the rest of the inference interface comes from :class:`ModelAdapter`).
 - A padding mask gets n leading ones: the virtual tokens are always attended.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from llmkit.peft.base import Adapter, freeze_all_but_adapters, replace_module
+from llmkit.peft.model_adapter import ModelAdapter
 
 PromptEncoder = Literal["none", "mlp", "lstm"]
 
@@ -78,40 +80,34 @@ class VirtualTokenEmbedding(Adapter):
         return torch.where(virtual[..., None], table[(ids - vocab).clamp(min=0)], out)
 
 
-class VirtualTokenLM(Adapter):
-    """A ``CausalLM``-like model with n virtual tokens in front of every sequence.
+class VirtualTokenLM(ModelAdapter):
+    """A ``CausalLM`` with n virtual tokens in front of every sequence.
 
     Args:
-        base_model: model called as ``base_model(input_ids, input_pos=, attention_mask=)`` with
-            ``setup_caches(batch, seq)``.
+        base_model: the wrapped ``CausalLM``.
         n_virtual: number of virtual tokens.
         encoder: "none" (prompt tuning), "mlp" or "lstm" (P-tuning).
         encoder_hidden: prompt-encoder width.
-        embedding: path of the token embedding inside ``base_model``.
     """
 
     def __init__(self, base_model: nn.Module, n_virtual: int = 20, encoder: PromptEncoder = "none",
-                 encoder_hidden: int | None = None, embedding: str = "model.embed_tokens"):
-        super().__init__()
-        self.base_model = base_model
-        self.n_virtual = n_virtual
-        emb = base_model.get_submodule(embedding)
+                 encoder_hidden: int | None = None):
+        super().__init__(base_model, n_virtual, cache_slots=n_virtual)
+        emb = base_model.model.embed_tokens
         self.vocab_size = emb.num_embeddings
-        replace_module(base_model, embedding, VirtualTokenEmbedding(emb, n_virtual, encoder, encoder_hidden))
+        replace_module(base_model, "model.embed_tokens", VirtualTokenEmbedding(emb, n_virtual, encoder, encoder_hidden))
 
-    def setup_caches(self, max_batch_size: int, max_seq_len: int, **kwargs) -> None:
-        """Static caches for ``max_seq_len`` real tokens plus the virtual ones."""
-        self.base_model.setup_caches(max_batch_size, max_seq_len + self.n_virtual, **kwargs)
-
-    def clear_caches(self) -> None:
-        self.base_model.clear_caches()
+    @property
+    def embedding(self) -> VirtualTokenEmbedding:
+        return self.base_model.model.embed_tokens
 
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, return_aux_loss: bool = False,
+                logits_to_keep: int = 0):
         """Logits (B, T, vocab) for the real tokens only; ``input_pos`` are the caller's slots (0-based)."""
+        kw = dict(return_aux_loss=return_aux_loss, logits_to_keep=logits_to_keep)
         if not self.enabled:
-            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask,
-                                   logits_to_keep=logits_to_keep)
+            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask, **kw)
         b, n, device = input_ids.shape[0], self.n_virtual, input_ids.device
         prepend = input_pos is None or bool(input_pos[0] == 0)
         if input_pos is not None:
@@ -123,11 +119,12 @@ class VirtualTokenLM(Adapter):
                 input_pos = torch.cat([torch.arange(n, device=device), input_pos])
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask.new_ones(b, n), attention_mask], dim=1)
-        if logits_to_keep:
-            return self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask,
-                                   logits_to_keep=logits_to_keep)
-        logits = self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask)
-        return logits[:, n:] if prepend else logits
+        out = self.base_model(input_ids, input_pos=input_pos, attention_mask=attention_mask, **kw)
+        if not prepend or logits_to_keep:
+            return out
+        if return_aux_loss:
+            return out[0][:, n:], out[1]
+        return out[:, n:]
 
 
 def apply_prompt_tuning(model: nn.Module, n_virtual: int = 20, encoder: PromptEncoder = "none",
