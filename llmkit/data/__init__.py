@@ -15,7 +15,7 @@ and for fine-tuning ``load_chat_set("austen-chat")`` (chat.py) or
 (rds.py), Debian packages (archive.py) and the user's own files (local.py)
 are the plumbing underneath.
 """
-from llmkit.data.chat import CHAT_SETS, chat_set_path, load_chat_set, make_chat_set
+from llmkit.data.chat import CHAT_SETS, chat_set_path, load_chat_set, make_chat_set, resolve_chat_data
 from llmkit.data.conversations import read_conversations, write_conversations
 from llmkit.data.corpora import CORPORA, DEFAULT_CORPUS, load_corpus
 from llmkit.data.dedup import exact_dedup, near_dedup
@@ -32,6 +32,6 @@ __all__ = [
     "CHAT_SETS", "CORPORA", "DEFAULT_CORPUS", "HELD_OUT", "IGNORE_INDEX", "Document", "PackedLoader",
     "PreferenceDataset", "QualityConfig", "SFTDataset", "chat_set_path", "clean_documents", "collate",
     "collate_preference", "exact_dedup", "load_chat_set", "load_corpus", "load_local", "make_chat_set", "mix",
-    "near_dedup", "quality_issue", "read_conversations", "read_manifest", "split_documents", "write_conversations",
-    "write_shards",
+    "near_dedup", "quality_issue", "read_conversations", "read_manifest", "resolve_chat_data", "split_documents",
+    "write_conversations", "write_shards",
 ]

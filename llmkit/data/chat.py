@@ -136,6 +136,29 @@ def chat_set_path(name: str, split: str = "train") -> Path:
     return path
 
 
+
+def resolve_chat_data(data: str, val_data: str = "") -> tuple[Path, Path | None]:
+    """The (train, val) conversation files: a named chat set's splits, or the given ``.jsonl`` paths.
+
+    Without ``val_data`` a named set brings its own val split and a file has none.
+
+    Raises:
+        FileNotFoundError: a path that does not exist (the message names the named sets).
+    """
+    def path(name: str, split: str) -> Path:
+        if name in CHAT_SETS:
+            return chat_set_path(name, split)
+        p = Path(name).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"no such conversation file {name!r} (give a .jsonl of {{\"messages\": [...]}} "
+                                    f"or a named chat set: {', '.join(CHAT_SETS)})")
+        return p
+
+    train = path(data, "train")
+    if val_data:
+        return train, path(val_data, "val")
+    return train, (chat_set_path(data, "val") if data in CHAT_SETS else None)
+
 def load_chat_set(name_or_path: str, split: str = "train") -> list[list[Message]]:
     """Conversations of a named chat set split, or of a JSON-lines file of ``{"messages": [...]}``.
 

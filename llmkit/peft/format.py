@@ -19,6 +19,14 @@ base weights that peft saves beside an embedding adapter
 
 A PiSSA adapter pairs with its residual base weights (the principal part moved
 into A and B), as in peft: save the base model too, or merge before export.
+
+Virtual-token methods are stored as peft stores a trained one: the computed
+table ``prompt_embeddings`` (what the prompt encoder or prefix MLP outputs, not
+its weights) with ``inference_mode: true``. Prompt and P-tuning save
+``PROMPT_TUNING`` (n, dim) virtual embeddings; prefix tuning saves
+``PREFIX_TUNING`` with ``prefix_projection: false``, an (n, n_layers * 2 *
+kv_dim) table in peft's layer-major key/value layout. Loading rebuilds the
+wrapper around the base model with that table as its (trainable) parameter.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -38,11 +47,16 @@ from llmkit.peft.apply import wrap_lora
 from llmkit.peft.base import adapters, freeze_all_but_adapters, inside_adapter, name_matches, replace_module
 from llmkit.peft.ia3 import IA3Linear
 from llmkit.peft.lora import LoRALayer
+from llmkit.peft.model_adapter import ModelAdapter
+from llmkit.peft.prefix import PrefixTuningLM
+from llmkit.peft.prompt import VirtualTokenLM
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 # peft config fields that change the math; anything but these values is refused on load
+VIRTUAL_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+VIRTUAL_TENSOR = "prompt_embeddings"
 _UNSUPPORTED = {"bias": "none", "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None,
                 "alpha_pattern": {}, "use_qalora": False, "lora_bias": False, "layer_replication": None}
 
@@ -58,12 +72,46 @@ def _targets(model: nn.Module, paths: list[str]) -> list[str] | str:
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> None:
-    """Write the model's LoRA/DoRA or IA3 adapters in peft's format.
+    """Write the model's adapter in peft's format.
 
     Args:
-        model: a model with adapters from ``apply_lora`` (one shared r/alpha/variant) or ``apply_ia3``.
+        model: a model with adapters from ``apply_lora`` (one shared r/alpha/variant) or ``apply_ia3``,
+            or a prompt/P-/prefix-tuned model (``apply_prompt_tuning``, ``apply_prefix_tuning``).
         directory: created if missing; existing adapter files are replaced atomically.
     """
+    if isinstance(model, ModelAdapter):
+        config, tensors = _virtual_tokens(model)
+    else:
+        config, tensors = _layer_adapters(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
+
+
+def _virtual_tokens(model: ModelAdapter) -> tuple[dict, dict[str, torch.Tensor]]:
+    """peft's config and ``prompt_embeddings`` table for a prompt/P-/prefix-tuned model."""
+    inner = [n for n, _ in adapters(model.base_model) if n != "model.embed_tokens"]
+    if inner:
+        raise TypeError(f"peft's format holds one method per file; this model also has adapters at {inner[:3]}")
+    cfg = model.base_model.cfg
+    config = {"task_type": "CAUSAL_LM", "num_virtual_tokens": model.n_virtual, "num_transformer_submodules": 1,
+              "num_layers": cfg.n_layers, "inference_mode": True, "base_model_name_or_path": None}
+    with torch.no_grad():
+        if isinstance(model, PrefixTuningLM):
+            config |= {"peft_type": "PREFIX_TUNING", "token_dim": cfg.kv_heads * cfg.head_size,
+                       "num_attention_heads": cfg.kv_heads, "prefix_projection": False}
+            table = model.prefix_encoder.table()
+        else:
+            config |= {"peft_type": "PROMPT_TUNING", "token_dim": cfg.dim, "num_attention_heads": cfg.n_heads,
+                       "prompt_tuning_init": "RANDOM"}
+            table = model.embedding.virtual_embeddings()
+    return config, {VIRTUAL_TENSOR: table.detach().float().contiguous().cpu()}
+
+
+def _layer_adapters(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """peft's config and tensors for LoRA-family or IA3 layer adapters."""
     found = list(adapters(model))
     loras = [(n, a) for n, a in found if isinstance(a, LoRALayer)]
     ia3s = [(n, a) for n, a in found if isinstance(a, IA3Linear)]
@@ -88,21 +136,24 @@ def save_adapter(model: nn.Module, directory: str | Path) -> None:
                "inference_mode": True, "fan_in_fan_out": False, "modules_to_save": None}
     tensors = {f"{PREFIX}{path}.{name}": p.detach().contiguous()
                for path, a in found for name, p in a.adapter_parameters()}
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
+    return config, tensors
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
-    """The config and the tensors grouped by module path."""
+def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config and the flat tensors."""
     try:
         config = json.loads((directory / CONFIG_NAME).read_text())
         with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
             flat = {k: f.get_tensor(k) for k in f.keys()}
     except FileNotFoundError as e:
         raise CheckpointError(f"{directory} is not a peft adapter directory: {e}") from e
+    except (json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(f"{directory} holds a corrupt adapter: {e}") from e
+    return config, flat
+
+
+def _group(directory: Path, flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Layer-adapter tensors grouped by module path."""
     grouped: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for key, t in flat.items():
         if not key.startswith(PREFIX):
@@ -113,23 +164,53 @@ def _read(directory: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
             raise CheckpointError(f"{directory / WEIGHTS_NAME}: unrecognised adapter tensor {key}")
         if match.group(2) != "base_layer.weight":
             grouped[match.group(1)][match.group(2)] = t
-    return config, grouped
+    return grouped
+
+
+def _load_virtual(model: nn.Module, directory: Path, config: dict, flat: dict[str, torch.Tensor]) -> ModelAdapter:
+    """Wrap ``model`` for the saved prompt/P-/prefix tuning and load its table."""
+    kind, n = config["peft_type"], config.get("num_virtual_tokens")
+    if config.get("num_transformer_submodules", 1) != 1:
+        raise ValueError(f"{directory}: num_transformer_submodules={config['num_transformer_submodules']} "
+                         "(encoder-decoder); llmkit's models are decoder-only")
+    if set(flat) != {VIRTUAL_TENSOR} or not isinstance(n, int):
+        raise CheckpointError(f"{directory}: a {kind} adapter holds one {VIRTUAL_TENSOR!r} tensor and "
+                              f"num_virtual_tokens; found {sorted(flat)}")
+    if kind == "PREFIX_TUNING":
+        wrapped: ModelAdapter = PrefixTuningLM(model, n, projection=False)
+        target = wrapped.prefix_encoder.embedding
+    else:
+        wrapped = VirtualTokenLM(model, n)
+        target = wrapped.embedding.prompt_embeddings
+    table = flat[VIRTUAL_TENSOR]
+    if table.shape != target.shape:
+        raise CheckpointError(f"{directory}: {VIRTUAL_TENSOR} has shape {tuple(table.shape)}, this model's "
+                              f"{kind} needs {tuple(target.shape)}")
+    with torch.no_grad():
+        target.copy_(table)
+    freeze_all_but_adapters(wrapped)
+    return wrapped
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
-    """Wrap ``model``'s modules with the adapters saved in ``directory`` (by llmkit or peft) and load them.
+    """Wrap ``model`` with the adapter saved in ``directory`` (by llmkit or peft) and load it.
 
     Args:
         model: the base model the adapter was trained on (same module paths).
         directory: holds ``adapter_config.json`` and ``adapter_model.safetensors``.
     Returns:
-        ``model``, modified in place, with only adapter parameters trainable.
+        The adapted model, with only adapter parameters trainable: ``model`` itself, modified in
+        place, for layer adapters (LoRA family, IA3); a wrapper around it for virtual tokens.
     """
     directory = Path(directory)
-    config, grouped = _read(directory)
+    config, flat = _read(directory)
     kind = config.get("peft_type")
+    if kind in VIRTUAL_TYPES:
+        return _load_virtual(model, directory, config, flat)
     if kind not in ("LORA", "IA3"):
-        raise ValueError(f"{directory}: peft_type={kind!r}; llmkit loads LORA and IA3 adapters")
+        raise ValueError(f"{directory}: peft_type={kind!r}; llmkit loads LORA, IA3, "
+                         f"{', '.join(VIRTUAL_TYPES)} adapters")
+    grouped = _group(directory, flat)
     for field, ok in _UNSUPPORTED.items():
         if config.get(field) and config[field] != ok:
             raise ValueError(f"{directory}: {field}={config[field]!r} is not supported")

@@ -106,6 +106,9 @@ class TrainConfig:
 
     # --- output ---
     out_dir: str = field(default="out/train", metadata=_help("checkpoints/, model/, metrics.jsonl, curves.png"))
+    export_dir: str = field(default="", metadata=_help(
+        "where the finished model goes: an HF directory, or a peft adapter directory when the model has adapters; "
+        "empty = out_dir/model"))
     log_every: int = field(default=1, metadata=_help("steps between metrics.jsonl records"))
     eval_every: int = field(default=100, metadata=_help("steps between validation runs; 0 = only at the end"))
     eval_batches: int = field(default=20, metadata=_help("validation batches per rank per evaluation"))

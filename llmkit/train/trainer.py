@@ -52,6 +52,8 @@ from tqdm import tqdm
 from llmkit.io.atomic import atomic_dir
 from llmkit.io.errors import CheckpointError
 from llmkit.model import CausalLM
+from llmkit.peft.base import adapters
+from llmkit.peft.format import save_adapter
 from llmkit.train import activation_checkpoint, distributed
 from llmkit.train.checkpoint import (Checkpoint, capture_rng, checkpoint_path, latest_checkpoint, list_checkpoints,
                                      load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint)
@@ -239,8 +241,16 @@ class Trainer:
         return path
 
     def _export(self, checkpoint: Path) -> Path:
-        """Copy the checkpoint's weights (and the tokenizer) to ``out_dir/model`` (rank 0)."""
-        target = self.out / "model"
+        """Write the finished model where a loader takes it (rank 0), to ``cfg.export_dir`` or ``out_dir/model``.
+
+        A model with adapters exports them alone in peft's format (load with
+        :func:`llmkit.peft.load_adapter` on the base model); any other model exports the
+        checkpoint's weights and the tokenizer as an HF directory.
+        """
+        target = Path(self.cfg.export_dir) if self.cfg.export_dir else self.out / "model"
+        if any(True for _ in adapters(self.model)):
+            save_adapter(self.model, target)  # TypeError for adapters peft's format cannot hold
+            return target
         with atomic_dir(target) as tmp:
             for f in checkpoint.iterdir():
                 if f.name == "config.json" or f.name.startswith("model"):
@@ -343,7 +353,11 @@ class Trainer:
         if d.is_main:
             self._draw()
             if not result.interrupted:
-                print(f"llmkit train: step {self.step}: model written to {self._export(checkpoint_path(self.out, self.step))}")
+                try:
+                    exported = self._export(checkpoint_path(self.out, self.step))
+                    print(f"llmkit train: step {self.step}: model written to {exported}")
+                except TypeError as e:  # the checkpoint holds the model all the same
+                    print(f"llmkit train: step {self.step}: not exported ({e}); the checkpoint holds the model")
             else:
                 print(f"llmkit train: stopped at step {self.step}; continue with --resume {self.out}")
         distributed.barrier(d)

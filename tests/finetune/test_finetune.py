@@ -1,12 +1,12 @@
 """``llmkit.finetune`` on a tiny random chat model: every method trains its own parameters only, and what it
-saves (PEFT adapter, virtual tokens, merged model) reproduces the trained model's logits."""
+saves (a PEFT adapter for every method but full, the merged or full model) reproduces the trained model's logits."""
 from pathlib import Path
 
 import pytest
 import torch
 
 from llmkit import CausalLM
-from llmkit.finetune import FinetuneConfig, attach, finetune, load_virtual_tokens, prepare_base
+from llmkit.finetune import FinetuneConfig, attach, finetune, prepare_base
 from llmkit.generate import generate
 from llmkit.io.hf import read_hf_state_dict
 from llmkit.peft import load_adapter
@@ -65,10 +65,9 @@ def test_report_and_outputs(run):
     assert (report["trainable_parameters"] == report["total_parameters"]) == (cfg.method == "full")
     assert [set(s) for s in report["samples"]] == [{"question", "reference", "before", "after"}]
     assert (out / "finetune.json").is_file() and (out / "train" / "metrics.jsonl").is_file()
-    assert not (out / "train" / "model").exists()  # the Trainer's export of the wrapped model is removed
+    assert not (out / "train" / "model").exists()  # the Trainer exported to adapter/ or model/ instead
     peft = {"adapter_config.json", "adapter_model.safetensors"}
-    virtual = {"virtual_tokens.json", "virtual_tokens.safetensors"}
-    expected = {"lora": peft, "dora": peft, "qlora": peft, "prefix": virtual, "prompt": virtual, "full": set()}
+    expected = {"lora": peft, "dora": peft, "qlora": peft, "prefix": peft, "prompt": peft, "full": set()}
     assert {p.name for p in (out / "adapter").glob("*")} == expected[cfg.method]
     assert (out / "model" / "tokenizer.json").is_file() == (cfg.merge or cfg.method == "full")
 
@@ -94,10 +93,8 @@ def test_saved_outputs_reproduce_the_trained_model(run, tiny_dir, ids):
     with torch.no_grad():
         want = trained_model(tiny_dir, cfg)(ids)
         base = prepare_base(CausalLM.from_pretrained(tiny_dir).float(), cfg.method)
-        if cfg.method in ("lora", "dora", "qlora"):
+        if cfg.method != "full":
             torch.testing.assert_close(load_adapter(base, out / "adapter").eval()(ids), want, rtol=0, atol=1e-5)
-        elif cfg.method in ("prefix", "prompt"):
-            torch.testing.assert_close(load_virtual_tokens(base, out / "adapter")(ids), want, rtol=0, atol=1e-5)
         if cfg.merge or cfg.method == "full":
             merged = CausalLM.from_pretrained(out / "model")
             torch.testing.assert_close(merged(ids), want, rtol=0, atol=1e-4)
@@ -106,7 +103,7 @@ def test_saved_outputs_reproduce_the_trained_model(run, tiny_dir, ids):
 def test_cached_generate_on_virtual_tokens_equals_naive_greedy(run, tiny_dir, ids):
     cfg, _ = run
     if cfg.method not in ("prefix", "prompt"):
-        pytest.skip("only prefix/prompt models go through AdapterLM")
+        pytest.skip("only prefix/prompt models wrap the whole model")
     model, tok = trained_model(tiny_dir, cfg), Tokenizer.from_pretrained(tiny_dir)
     seq = ids
     with torch.no_grad():

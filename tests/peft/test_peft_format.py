@@ -14,7 +14,8 @@ peft = pytest.importorskip("peft")
 
 from llmkit import CausalLM  # noqa: E402
 from llmkit.io.errors import CheckpointError  # noqa: E402
-from llmkit.peft import apply_ia3, apply_lora, disable_adapters, load_adapter, save_adapter  # noqa: E402
+from llmkit.peft import (apply_ia3, apply_lora, apply_prefix_tuning, apply_prompt_tuning, disable_adapters,  # noqa: E402
+                         load_adapter, save_adapter)
 
 HF_CFG = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False, initializer_range=0.25)
@@ -118,3 +119,52 @@ def test_unsupported_and_broken_files_are_refused(checkpoint, tmp_path):
         load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path)
     with pytest.raises(CheckpointError, match="not a peft adapter"):
         load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path / "missing")
+
+
+VIRTUAL = {"prompt": (apply_prompt_tuning, dict(n_virtual=5), "PROMPT_TUNING"),
+           "p-tuning": (apply_prompt_tuning, dict(n_virtual=5, encoder="mlp"), "PROMPT_TUNING"),
+           "prefix": (apply_prefix_tuning, dict(n_prefix=5, hidden=16), "PREFIX_TUNING")}
+
+
+@pytest.mark.parametrize("method", sorted(VIRTUAL))
+def test_our_virtual_tokens_load_in_peft(method, checkpoint, ids, tmp_path):
+    apply, kw, kind = VIRTUAL[method]
+    ours = apply(CausalLM.from_pretrained(checkpoint), **kw).eval()
+    _randomise(p for p in ours.parameters() if p.requires_grad)
+    save_adapter(ours, tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == kind
+    theirs = peft.PeftModel.from_pretrained(_hf(checkpoint), tmp_path).eval()
+    # no padding: transformers' forward does not derive positions from the mask (left padding is
+    # covered by tests/peft/test_adapters.py against the unpadded sequence)
+    with torch.no_grad():
+        expected = theirs(input_ids=ids).logits[:, -ids.shape[1]:]  # peft keeps the virtual rows
+        got = ours(ids)
+        with disable_adapters(ours):
+            base = ours(ids)
+    assert got.shape == expected.shape == ids.shape + (HF_CFG["vocab_size"],)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert (got - base).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["PROMPT_TUNING", "PREFIX_TUNING"])
+def test_peft_virtual_tokens_load_in_ours(kind, checkpoint, ids, tmp_path):
+    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4) if kind == "PROMPT_TUNING" else
+              peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    theirs = peft.get_peft_model(_hf(checkpoint), config)
+    _randomise(p for p in theirs.parameters() if p.requires_grad)
+    theirs.save_pretrained(tmp_path)
+    ours = load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path).eval()
+    with torch.no_grad():
+        expected = theirs.eval()(input_ids=ids).logits[:, -ids.shape[1]:]
+        got = ours(ids)
+    assert (got - expected).abs().max().item() <= 1e-4
+    assert {n for n, p in ours.named_parameters() if p.requires_grad} == (
+        {"prefix_encoder.embedding"} if kind == "PREFIX_TUNING" else {"base_model.model.embed_tokens.prompt_embeddings"})
+
+
+def test_a_virtual_token_table_that_does_not_fit_is_refused(checkpoint, tmp_path):
+    save_adapter(apply_prefix_tuning(CausalLM.from_pretrained(checkpoint), n_prefix=3, hidden=8), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "num_virtual_tokens": 4}))
+    with pytest.raises(CheckpointError, match="prompt_embeddings has shape"):
+        load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path)
