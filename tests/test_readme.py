@@ -1,4 +1,4 @@
-"""The README's cross-attention example runs as printed and does what its comments say."""
+"""The README's model and cross-attention examples run as printed and do what their comments say."""
 import re
 from pathlib import Path
 
@@ -27,3 +27,14 @@ def test_cross_attention_example():
         unmasked = xattn(x, noisy)
     assert torch.allclose(out, out_noisy, atol=1e-6)
     assert not torch.allclose(out[1], unmasked[1], atol=1e-3)
+
+
+def test_model_example_decodes_from_the_cache():
+    torch.manual_seed(0)
+    ns: dict = {}
+    with torch.no_grad():
+        exec(_python_block("setup_caches(max_batch_size=2"), ns)
+        model, ids = ns["model"], ns["ids"]
+        full = model(torch.cat([ids, ids[:, -1:]], 1))[:, -1]
+    assert ns["logits"].shape == (2, 1, 32000)
+    assert (ns["logits"][:, 0] - full).abs().max().item() <= 1e-4
