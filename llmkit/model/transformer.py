@@ -190,18 +190,18 @@ class CausalLM(nn.Module):
         cached = input_pos is not None
         if cached and not self.has_cache:
             raise RuntimeError("input_pos given but no cache: call model.setup_caches(batch, seq_len) first")
-        slots = input_pos if cached else torch.arange(t, device=device)
+        query_slots = input_pos if cached else torch.arange(t, device=device)  # (T,) where each token sits
         kv_len = self._cache_len if cached else t
         n_prefix = 0 if prefix_kv is None else prefix_kv.shape[3]
         if attention_mask is not None:
             attention_mask = _pad_mask(attention_mask.to(device), kv_len)
         if position_ids is None:
             if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, slots] + n_prefix
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, query_slots] + n_prefix
             else:
-                position_ids = slots[None].expand(b, t) + n_prefix
+                position_ids = query_slots[None].expand(b, t) + n_prefix
         need_mask = cached or cfg.attn_impl == "eager" or prefix_kv is not None
-        mask = build_mask(slots, kv_len, attention_mask, cfg.sliding_window, need=need_mask)
+        mask = build_mask(query_slots, kv_len, attention_mask, cfg.sliding_window, need=need_mask)
         if prefix_kv is not None:  # every query sees the whole prefix
             mask = torch.cat([mask.new_ones(*mask.shape[:-1], n_prefix), mask], dim=-1)
 
@@ -255,7 +255,7 @@ def _pad_mask(attention_mask: torch.Tensor, kv_len: int) -> torch.Tensor:
     return attention_mask
 
 
-def build_mask(slots: torch.Tensor, kv_len: int, attention_mask: torch.Tensor | None,
+def build_mask(query_slots: torch.Tensor, kv_len: int, attention_mask: torch.Tensor | None,
                sliding_window: int | None, need: bool = False) -> torch.Tensor | None:
     """Boolean attention mask (B or 1, 1, T, kv_len), True = may attend.
 
@@ -265,8 +265,8 @@ def build_mask(slots: torch.Tensor, kv_len: int, attention_mask: torch.Tensor | 
     """
     if attention_mask is None and sliding_window is None and not need:
         return None
-    keys = torch.arange(kv_len, device=slots.device)
-    q = slots[:, None]
+    keys = torch.arange(kv_len, device=query_slots.device)
+    q = query_slots[:, None]
     allowed = keys[None, :] <= q  # (T, S)
     if sliding_window is not None:
         allowed = allowed & (q - keys[None, :] < sliding_window)
