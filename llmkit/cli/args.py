@@ -5,7 +5,9 @@ Every field ``lr: float = 3e-4`` becomes ``--lr`` (``--max_steps`` and
 ``--optim.beta2``). ``--config FILE.yaml`` supplies the same fields; flags
 override the file. YAML values are converted to the field's type, so ``3e-4``
 is a float even though YAML reads it as a string. Field help comes from
-``field(metadata={"help": ...})``.
+``field(metadata={"help": ...})``. A nested dataclass field marked
+``metadata={"flatten": True}`` contributes its fields as top-level flags and
+YAML keys (``--temperature`` for ``sampling.temperature``).
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[dataclasses.Field, A
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            out.update(_fields(tp, f"{prefix}{f.name}."))
+            out.update(_fields(tp, prefix if f.metadata.get("flatten") else f"{prefix}{f.name}."))
         else:
             out[prefix + f.name] = (f, tp)
     return out
@@ -102,6 +104,11 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    values = dict(values)
+    for f in dataclasses.fields(cls):  # a flattened field's values sit among this level's
+        if f.metadata.get("flatten"):
+            inner = {g.name for g in dataclasses.fields(hints[f.name])}
+            values[f.name] = {k: values.pop(k) for k in list(values) if k in inner}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -113,7 +120,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
                 raise UsageError(f"{prefix}{f.name}: expected a mapping of {tp.__name__} fields")
-            kwargs[f.name] = _build(tp, v, f"{prefix}{f.name}.")
+            kwargs[f.name] = _build(tp, v, prefix if f.metadata.get("flatten") else f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = convert(v, tp, prefix + f.name)
     return cls(**kwargs)
@@ -130,7 +137,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if get_origin(inner) is Literal:
             help_text += f" {{{', '.join(map(str, get_args(inner)))}}}"
         spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=f"{help_text} (default: {default})".strip())
+        if "(default" not in help_text:  # a field whose "unset" means something else says so itself
+            help_text = f"{help_text} (default: {default})".strip()
+        kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if inner is bool:
             kw.update(nargs="?", const="true", metavar="BOOL")
         parser.add_argument(*spellings, **kw)

@@ -71,7 +71,7 @@ def run(args: Args) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {args.model}; Ctrl-C stops a reply, Ctrl-D quits; {HELP}")
-    kwargs = args.sampling_kwargs()
+    kwargs = args.generate_kwargs()
     history: list[dict] = []
     system = args.system
     while (line := _read(interactive)) is not None:

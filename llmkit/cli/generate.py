@@ -1,9 +1,11 @@
 """``llmkit generate``: complete a prompt, streaming the text to the terminal as it is generated.
 
 The flags shared with ``llmkit chat`` (model, dtype, sampling) live in
-:class:`GenerationArgs`; both verbs load through :func:`load`. The temperature
+:class:`GenerationArgs`; both verbs load through :func:`load`. The sampling
+flags are :class:`~llmkit.generate.SamplingParams`' own fields (names, types,
+help), each optional so that a verb can tell "not given": the temperature
 defaults to 0.7 for sampling, and to 0 (greedy) with ``--num_beams > 1``,
-since beam search does not sample.
+since beam search does not sample; the others default to SamplingParams'.
 """
 from __future__ import annotations
 
@@ -11,7 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llmkit.generate.sampling import SamplingParams
+from llmkit.overrides import given, optional_fields
+
 DEFAULT_TEMPERATURE = 0.7
+
+
+def _flag_help(f) -> str:
+    if f.name == "temperature":
+        return f"{f.metadata['help']} (default {DEFAULT_TEMPERATURE}; 0 with --num_beams > 1)"
+    return f"{f.metadata['help']} (default {f.default})"
+
+
+SamplingFlags = optional_fields(SamplingParams, "SamplingFlags",
+                                "SamplingParams fields given on the command line; None = the verb's default.",
+                                _flag_help)
+SamplingFlags.__module__ = __name__
 
 
 @dataclass
@@ -21,38 +38,29 @@ class GenerationArgs:
     compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow first call)"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens to generate at most"})
-    temperature: float | None = field(default=None, metadata={
-        "help": f"sampling temperature, 0 = greedy (default {DEFAULT_TEMPERATURE}; 0 with --num_beams > 1)"})
-    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0 = off)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass in (0, 1] (1 = off)"})
-    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p * max probability (0 = off)"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "penalty on repeated tokens (1 = off)"})
-    presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI presence penalty in [-2, 2]"})
-    frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI frequency penalty in [-2, 2]"})
+    sampling: SamplingFlags = field(default_factory=SamplingFlags, metadata={
+        "flatten": True, "help": "SamplingParams' fields as flags (--temperature, --top_p, ...)"})
     stop: list[str] = field(default_factory=list, metadata={"help": "comma-separated stop strings"})
     seed: int | None = field(default=None, metadata={"help": "random seed for reproducible sampling"})
 
     def default_temperature(self) -> float:
         return DEFAULT_TEMPERATURE
 
-    def sampling_kwargs(self) -> dict[str, Any]:
+    def sampling_params(self) -> SamplingParams:
+        """The :class:`SamplingParams` these flags give (unvalidated)."""
+        return SamplingParams(**{"temperature": self.default_temperature(), **given(self.sampling)})
+
+    def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`llmkit.generate.generate` these flags set."""
-        temperature = self.default_temperature() if self.temperature is None else self.temperature
-        return dict(max_new_tokens=self.max_new_tokens, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                    min_p=self.min_p, repetition_penalty=self.repetition_penalty,
-                    presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                    stop=self.stop or None, seed=self.seed, compile=self.compile)
+        return dict(sampling=self.sampling_params(), max_new_tokens=self.max_new_tokens, stop=self.stop or None,
+                    seed=self.seed, compile=self.compile)
 
     def validate(self) -> None:
-        from llmkit.generate import SamplingParams
-
         if self.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        kw = self.sampling_kwargs()
         try:
-            SamplingParams(*(kw[k] for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                                             "presence_penalty", "frequency_penalty"))).validate()
-        except ValueError as e:
+            self.sampling_params().validate()
+        except ValueError as e:  # its messages start with the field's name, which is the flag's
             raise ValueError(f"--{e}") from None
 
 
@@ -70,7 +78,7 @@ class Args(GenerationArgs):
         super().validate()
         if self.num_beams < 1:
             raise ValueError(f"--num_beams must be >= 1, got {self.num_beams}")
-        if self.num_beams > 1 and self.sampling_kwargs()["temperature"] > 0:
+        if self.num_beams > 1 and self.sampling_params().temperature > 0:
             raise ValueError("--num_beams > 1 does not sample: drop --temperature or set it to 0")
 
 
@@ -85,10 +93,8 @@ def load(args: GenerationArgs):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     if args.adapter:
-        try:
-            from llmkit.peft import load_adapter
-        except ImportError:
-            raise UsageError("--adapter needs llmkit.peft.load_adapter, which this installation lacks") from None
+        from llmkit.peft import load_adapter
+
         if not Path(args.adapter).is_dir():
             raise UsageError(f"--adapter: no such directory {args.adapter}")
         model = load_adapter(model, args.adapter).eval()
@@ -102,7 +108,7 @@ def run(args: Args) -> int:
     if not args.prompt:
         raise UsageError("give a prompt: llmkit generate --prompt TEXT")
     model, tokenizer = load(args)
-    kwargs = args.sampling_kwargs()
+    kwargs = args.generate_kwargs()
     # instruct models answer a user turn; a bare question is often "completed" with EOS
     prompt = args.prompt if args.raw or not tokenizer.chat_template else [{"role": "user", "content": args.prompt}]
     if args.num_beams > 1:

@@ -14,7 +14,7 @@ Penalty state lives in two (B, V) tensors owned by the decode loop:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,13 +25,18 @@ from llmkit.generate import processors as P
 class SamplingParams:
     """Parameters of next-token selection; defaults are greedy decoding with no penalties."""
 
-    temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
-    top_k: int = 0  # keep the k most likely tokens; 0 = off
-    top_p: float = 1.0  # keep the smallest set with this much probability mass; 1 = off
-    min_p: float = 0.0  # keep tokens with prob >= min_p * max prob; 0 = off
-    repetition_penalty: float = 1.0  # transformers semantics on prompt + generated tokens; 1 = off
-    presence_penalty: float = 0.0  # OpenAI semantics on generated tokens; 0 = off
-    frequency_penalty: float = 0.0  # OpenAI semantics on generated tokens; 0 = off
+    temperature: float = field(default=0.0, metadata={"help":
+        "0 = greedy (argmax); > 0 samples from softmax(logits / temperature)"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens (0 = off)"})
+    top_p: float = field(default=1.0, metadata={"help":
+        "sample from the smallest set with this much probability mass, in (0, 1] (1 = off)"})
+    min_p: float = field(default=0.0, metadata={"help": "drop tokens below min_p * max probability (0 = off)"})
+    repetition_penalty: float = field(default=1.0, metadata={"help":
+        "transformers' penalty on prompt and generated tokens (1 = off)"})
+    presence_penalty: float = field(default=0.0, metadata={"help":
+        "OpenAI's penalty on generated tokens, in [-2, 2] (0 = off)"})
+    frequency_penalty: float = field(default=0.0, metadata={"help":
+        "OpenAI's per-occurrence penalty on generated tokens, in [-2, 2] (0 = off)"})
 
     def validate(self) -> SamplingParams:
         """Check every value; raise ValueError naming the first bad one."""

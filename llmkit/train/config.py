@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from llmkit.config import ModelConfig
 from llmkit.io.resolve import ACCEPTED
+from llmkit.overrides import given, optional_fields
 from llmkit.validate import check_choices
 
 Task = Literal["pretrain", "sft"]
@@ -32,26 +33,15 @@ DType = Literal["fp32", "bf16", "fp16"]
 Parallel = Literal["ddp", "fsdp"]
 
 
-def _make_overrides() -> type:
-    hints = typing.get_type_hints(ModelConfig)
-    fields = [(f.name, hints[f.name] | None, field(default=None, metadata={"help": f"replace the model's {f.name}"}))
-              for f in dataclasses.fields(ModelConfig)]
-    def __repr__(self) -> str:  # only what is overridden
-        set_ = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        return f"ModelOverrides({', '.join(f'{k}={v!r}' for k, v in set_.items())})"
-
-    cls = dataclasses.make_dataclass("ModelOverrides", fields, frozen=True, namespace={"__repr__": __repr__})
-    cls.__module__ = __name__
-    cls.__doc__ = "ModelConfig fields to replace in the chosen model; None keeps the model's value."
-    return cls
-
-
-ModelOverrides = _make_overrides()
+ModelOverrides = optional_fields(ModelConfig, "ModelOverrides",
+                                 "ModelConfig fields to replace in the chosen model; None keeps the model's value.",
+                                 lambda f: f"replace the model's {f.name}")
+ModelOverrides.__module__ = __name__
 
 
 def apply_overrides(cfg: ModelConfig, overrides: Any) -> ModelConfig:
     """``cfg`` with every non-None field of ``overrides`` replaced."""
-    changes = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None}
+    changes = given(overrides)
     return cfg.replace(**changes) if changes else cfg
 
 
