@@ -125,6 +125,7 @@ def _fit(trainer, seconds: float, min_steps: int):
     finally:
         trainer.close()
     if result.interrupted:
+        _log("interrupted; a speedrun cannot be resumed: start a new one")
         raise KeyboardInterrupt
     return result
 

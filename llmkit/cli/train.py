@@ -107,4 +107,7 @@ def run(args: Any) -> int:
         result = trainer.fit()
     finally:
         trainer.close()
-    return 130 if result.interrupted else 0
+    if result.interrupted:
+        print(f"llmkit train: continue with --resume {cfg.out_dir}")
+        return 130
+    return 0

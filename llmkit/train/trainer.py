@@ -359,7 +359,7 @@ class Trainer:
                 except TypeError as e:  # the checkpoint holds the model all the same
                     print(f"llmkit train: step {self.step}: not exported ({e}); the checkpoint holds the model")
             else:
-                print(f"llmkit train: stopped at step {self.step}; continue with --resume {self.out}")
+                print(f"llmkit train: stopped at step {self.step}; checkpoint in {checkpoint_path(self.out, self.step)}")
         distributed.barrier(d)
         return result
 
