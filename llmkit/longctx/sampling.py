@@ -1,0 +1,28 @@
+"""The next-token choice the long-context decoders share: llmkit's sampling processors on one step's logits.
+
+The methods here drive the model step by step themselves (a rolling cache,
+several contexts per step, ...), so they cannot reuse the decode loop; they
+reuse its pieces instead (:func:`~llmkit.generate.sampling.process_logits`,
+Gumbel-max selection). Repetition/presence penalties need the loop's token
+counts and are not offered.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmkit.generate.sampling import SamplingParams, gumbel_noise, process_logits, select
+
+
+def check_sampling(sampling: SamplingParams | None) -> SamplingParams:
+    """``sampling`` validated (greedy when None); penalties are refused with a clear error."""
+    sampling = (sampling or SamplingParams()).validate()
+    if sampling.penalised:
+        raise ValueError("repetition/presence/frequency penalties are not supported by the long-context decoders")
+    return sampling
+
+
+def next_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) scores -> (B,) chosen ids: argmax when greedy, else a Gumbel-max sample of the processed logits."""
+    logits = process_logits(logits.float(), sampling)
+    noise = None if sampling.greedy else gumbel_noise(tuple(logits.shape), logits.device, generator)
+    return select(logits, noise)
