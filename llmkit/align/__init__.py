@@ -1,0 +1,29 @@
+"""Alignment and distillation: preference losses (DPO family, ORPO, SimPO, KTO), reward models, PPO, GRPO, KD.
+
+Losses are pure functions on log-probabilities, one method per module, so each
+is testable alone and equal to TRL's to the digit; the loops that compute
+those log-probs from a model live apart from them.
+
+- ``dpo.py``: :func:`dpo_loss` with every ``loss_type`` of :data:`DPO_LOSSES`.
+- ``orpo.py`` / ``simpo.py`` / ``kto.py``: reference-free and unpaired variants.
+- ``reward.py``: the Bradley-Terry :func:`reward_loss`.
+- ``ppo.py``: GAE, clipped policy and value losses, entropy bonus, KL-penalised rewards, adaptive KL.
+- ``grpo.py``: group-relative advantages and the GRPO/BNPO/Dr. GRPO/DAPO losses.
+- ``distill.py``: forward/reverse KL and generalised JSD distillation, GKD's on-policy mix.
+- ``ops.py``: masked means and token log-probs shared by all of them.
+"""
+from llmkit.align.distill import gkd_on_policy, jsd_loss, kd_loss, reverse_kl_loss
+from llmkit.align.dpo import DPO_LOSSES, dpo_loss
+from llmkit.align.grpo import grpo_advantages, grpo_loss, k3_kl
+from llmkit.align.kto import kto_loss
+from llmkit.align.orpo import orpo_loss
+from llmkit.align.ppo import (AdaptiveKLController, entropy_bonus, gae, kl_penalty_rewards, ppo_policy_loss,
+                              ppo_value_loss)
+from llmkit.align.reward import reward_loss
+from llmkit.align.simpo import simpo_loss
+
+__all__ = [
+    "DPO_LOSSES", "AdaptiveKLController", "dpo_loss", "entropy_bonus", "gae", "gkd_on_policy", "grpo_advantages",
+    "grpo_loss", "jsd_loss", "k3_kl", "kd_loss", "kl_penalty_rewards", "kto_loss", "orpo_loss", "ppo_policy_loss",
+    "ppo_value_loss", "reverse_kl_loss", "reward_loss", "simpo_loss",
+]
