@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-def optional_fields(cls: type, name: str, doc: str, help_of: Callable[[dataclasses.Field], str]) -> type:
+def optional_fields(cls: type, name: str, doc: str, help_of: Callable[[dataclasses.Field], str],
+                    keep: Callable[[dataclasses.Field], bool] = lambda f: True) -> type:
     """A frozen dataclass named ``name`` with every field of dataclass ``cls`` as ``T | None = None``.
 
     Args:
@@ -22,10 +23,11 @@ def optional_fields(cls: type, name: str, doc: str, help_of: Callable[[dataclass
         name: the new class's name.
         doc: its docstring.
         help_of: the flag help of each mirrored field.
+        keep: which fields to mirror (default all).
     """
     hints = typing.get_type_hints(cls)
     fields = [(f.name, hints[f.name] | None, dataclasses.field(default=None, metadata={"help": help_of(f)}))
-              for f in dataclasses.fields(cls)]
+              for f in dataclasses.fields(cls) if keep(f)]
 
     def __repr__(self) -> str:  # only what is set
         return f"{name}({', '.join(f'{k}={v!r}' for k, v in given(self).items())})"

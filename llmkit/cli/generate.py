@@ -25,9 +25,10 @@ def _flag_help(f) -> str:
     return f"{f.metadata['help']} (default {f.default})"
 
 
+# the token-choice fields; the per-request ones are this verb's --max_new_tokens, --stop and --seed
 SamplingFlags = optional_fields(SamplingParams, "SamplingFlags",
                                 "SamplingParams fields given on the command line; None = the verb's default.",
-                                _flag_help)
+                                _flag_help, keep=lambda f: not f.metadata.get("request"))
 SamplingFlags.__module__ = __name__
 
 

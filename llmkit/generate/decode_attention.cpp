@@ -1,4 +1,4 @@
-// Decode attention for CPU: a few query rows per head against a long static KV cache.
+// Decode attention for CPU: a few query rows per head against a long static or paged KV cache.
 //
 // out[b, h, i] = sum_s p[s] v[b, h, s],  p = softmax over the slots s with mask[b, s]
 // of scale * q[b, h, i] . k[b, h, s].
@@ -75,13 +75,39 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
   }
 }
 
+// Where a (batch, head)'s slots live. Static cache: rows of a contiguous (S, D) buffer, allowed by
+// a mask row. Paged cache: slot s is row s % block_size of block table[s / block_size] in a pool of
+// (num_blocks, block_size, Hkv, D); every slot below the sequence's length is allowed.
+template <typename T>
+struct StaticSlots {
+  const T* k;
+  const T* v;
+  const bool* mask;
+  int64_t d, dv;
+  bool allowed(int64_t s) const { return mask[s]; }
+  const T* key(int64_t s) const { return k + s * d; }
+  const T* value(int64_t s) const { return v + s * dv; }
+};
+
+template <typename T>
+struct PagedSlots {
+  const T* k;  // the pool at this head: k_pool + h * d
+  const T* v;
+  const int32_t* table;
+  int64_t block_size, row_stride_k, row_stride_v;  // a slot's stride: Hkv * d (and Hkv * dv)
+  bool allowed(int64_t) const { return true; }
+  int64_t row(int64_t s) const { return static_cast<int64_t>(table[s / block_size]) * block_size + s % block_size; }
+  const T* key(int64_t s) const { return k + row(s) * row_stride_k; }
+  const T* value(int64_t s) const { return v + row(s) * row_stride_v; }
+};
+
 // One task: rows qf (nq, d) already scaled, slots [s0, s1) of one (batch, head).
 // Writes part = [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
 // Slots go in blocks: the block's allowed K rows are widened to fp32 once and scored against
 // every query row, then its V rows likewise, so each query's accumulator stays in registers.
-template <typename T, int64_t D, int64_t DV>
-void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int64_t s0, int64_t s1,
-                  int64_t nq, int64_t d_, int64_t dv_, float* part) {
+template <typename T, int64_t D, int64_t DV, typename Slots>
+void attend_chunk(const float* qf, const Slots& slots, int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_,
+                  float* part) {
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
   float* m = part;
   float* l = part + nq;
@@ -95,11 +121,11 @@ void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
     int64_t n = 0;
     for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
-      if (mask[s]) idx[n++] = s;
+      if (slots.allowed(s)) idx[n++] = s;
     if (n == 0) continue;
-    for (int64_t t = 0; t < n; ++t) to_float(k + idx[t] * d, rows.data() + t * d, d);
+    for (int64_t t = 0; t < n; ++t) to_float(slots.key(idx[t]), rows.data() + t * d, d);
     for (int64_t i = 0; i < nq; ++i) dots<D>(qf + i * d, rows.data(), n, d, p.data() + i * kBlock);
-    for (int64_t t = 0; t < n; ++t) to_float(v + idx[t] * dv, rows.data() + t * dv, dv);
+    for (int64_t t = 0; t < n; ++t) to_float(slots.value(idx[t]), rows.data() + t * dv, dv);
     for (int64_t i = 0; i < nq; ++i) {
       float* pi = p.data() + i * kBlock;
       float mx = m[i];
@@ -118,47 +144,22 @@ void attend_chunk(const float* qf, const T* k, const T* v, const bool* mask, int
   }
 }
 
+// scaled fp32 copy of the queries
 template <typename T>
-void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, double scale,
-         at::Tensor& out) {
-  const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3);
-  const int64_t S = k.size(2), dv = v.size(3);
-  const bool* mp = mask.data_ptr<bool>();
-  const int64_t mask_stride = mask.size(0) == 1 ? 0 : S;
-  // attend over slots [0, span), the last allowed slot of any row and before, in equal chunks
-  int64_t span = 0;
-  for (int64_t b = 0; b < mask.size(0); ++b)
-    for (int64_t s = S; s > span; --s)
-      if (mp[b * S + s - 1]) {
-        span = s;
-        break;
-      }
-  const int64_t chunks = std::max<int64_t>(1, (span + kChunk - 1) / kChunk);
-  const int64_t chunk_len = std::max<int64_t>(1, (span + chunks - 1) / chunks);
-  const int64_t part_size = nq * (dv + 2);
+std::vector<float> scaled_queries(const at::Tensor& q, double scale) {
   const at::Tensor qc = q.contiguous();
-  std::vector<float> qf(B * H * nq * d);
+  std::vector<float> qf(qc.numel());
   to_float(qc.data_ptr<T>(), qf.data(), qf.size());
   for (float& x : qf) x *= static_cast<float>(scale);
-  std::vector<float> parts(B * H * chunks * part_size);
-  const float* qp = qf.data();
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  auto* attend = d == 64 && dv == 64     ? attend_chunk<T, 64, 64>
-                 : d == 128 && dv == 128 ? attend_chunk<T, 128, 128>
-                                         : attend_chunk<T, 0, 0>;
-  at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task % chunks, bh = task / chunks, b = bh / H;
-      const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
-      attend(qp + bh * nq * d, kp + bh * S * d, vp + bh * S * dv, mp + b * mask_stride, s0, s1, nq, d, dv,
-             parts.data() + task * part_size);
-    }
-  });
-  // merge the chunks of each (batch, head): rescale every chunk to the common maximum
-  T* op = out.data_ptr<T>();
+  return qf;
+}
+
+// Merge the chunks of each (batch, head): rescale every chunk's partial sums to the common maximum.
+template <typename T>
+void merge_chunks(const std::vector<float>& parts, int64_t BH, int64_t chunks, int64_t nq, int64_t dv, T* op) {
+  const int64_t part_size = nq * (dv + 2);
   std::vector<float> o(dv);
-  for (int64_t bh = 0; bh < B * H; ++bh) {
+  for (int64_t bh = 0; bh < BH; ++bh) {
     for (int64_t i = 0; i < nq; ++i) {
       float mx = kNoMax;
       for (int64_t c = 0; c < chunks; ++c) mx = std::max(mx, parts[(bh * chunks + c) * part_size + i]);
@@ -179,6 +180,76 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   }
 }
 
+template <typename T, typename Slots>
+auto chunk_kernel(int64_t d, int64_t dv) {
+  return d == 64 && dv == 64     ? attend_chunk<T, 64, 64, Slots>
+         : d == 128 && dv == 128 ? attend_chunk<T, 128, 128, Slots>
+                                 : attend_chunk<T, 0, 0, Slots>;
+}
+
+template <typename T>
+void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, double scale,
+         at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3);
+  const int64_t S = k.size(2), dv = v.size(3);
+  const bool* mp = mask.data_ptr<bool>();
+  const int64_t mask_stride = mask.size(0) == 1 ? 0 : S;
+  // attend over slots [0, span), the last allowed slot of any row and before, in equal chunks
+  int64_t span = 0;
+  for (int64_t b = 0; b < mask.size(0); ++b)
+    for (int64_t s = S; s > span; --s)
+      if (mp[b * S + s - 1]) {
+        span = s;
+        break;
+      }
+  const int64_t chunks = std::max<int64_t>(1, (span + kChunk - 1) / kChunk);
+  const int64_t chunk_len = std::max<int64_t>(1, (span + chunks - 1) / chunks);
+  const int64_t part_size = nq * (dv + 2);
+  const std::vector<float> qf = scaled_queries<T>(q, scale);
+  std::vector<float> parts(B * H * chunks * part_size);
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  auto* attend = chunk_kernel<T, StaticSlots<T>>(d, dv);
+  at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task % chunks, bh = task / chunks, b = bh / H;
+      const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
+      const StaticSlots<T> slots{kp + bh * S * d, vp + bh * S * dv, mp + b * mask_stride, d, dv};
+      attend(qf.data() + bh * nq * d, slots, s0, s1, nq, d, dv, parts.data() + task * part_size);
+    }
+  });
+  merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
+}
+
+// q (B, Hkv, nq, D) against pools (num_blocks, block_size, Hkv, D): sequence b reads its first
+// context_lens[b] slots through block_tables[b]; chunks of kChunk slots are the parallel tasks.
+template <typename T>
+void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+               const at::Tensor& block_tables, const at::Tensor& context_lens, double scale, at::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3), dv = v_pool.size(3);
+  const int64_t block_size = k_pool.size(1), M = block_tables.size(1);
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  int64_t longest = 1;
+  for (int64_t b = 0; b < B; ++b) longest = std::max<int64_t>(longest, lens[b]);
+  const int64_t chunks = (longest + kChunk - 1) / kChunk;
+  const int64_t part_size = nq * (dv + 2);
+  const std::vector<float> qf = scaled_queries<T>(q, scale);
+  std::vector<float> parts(B * H * chunks * part_size);
+  const T* kp = k_pool.data_ptr<T>();
+  const T* vp = v_pool.data_ptr<T>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  auto* attend = chunk_kernel<T, PagedSlots<T>>(d, dv);
+  at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t c = task % chunks, bh = task / chunks, b = bh / H, h = bh % H;
+      const int64_t s0 = c * kChunk, s1 = std::min<int64_t>(lens[b], s0 + kChunk);
+      const PagedSlots<T> slots{kp + h * d, vp + h * dv, tables + b * M, block_size, H * d, H * dv};
+      attend(qf.data() + bh * nq * d, slots, s0, std::max(s0, s1), nq, d, dv, parts.data() + task * part_size);
+    }
+  });
+  merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
+}
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                             double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be (B, H, T, D)");
@@ -196,8 +267,37 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out;
 }
 
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k_pool.dim() == 4 && v_pool.dim() == 4,
+              "paged_decode_attention: q must be (B, Hkv, T, D) and the pools (num_blocks, block_size, Hkv, D)");
+  TORCH_CHECK(k_pool.size(2) == q.size(1) && k_pool.size(3) == q.size(3) &&
+                  v_pool.sizes().slice(0, 3) == k_pool.sizes().slice(0, 3),
+              "paged_decode_attention: pool shapes do not match q");
+  TORCH_CHECK(k_pool.is_contiguous() && v_pool.is_contiguous(), "paged_decode_attention: pools must be contiguous");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == q.size(0) &&
+                  block_tables.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt &&
+                  context_lens.numel() == q.size(0),
+              "paged_decode_attention: block_tables must be int32 (B, M) and context_lens int32 (B,)");
+  TORCH_CHECK(q.scalar_type() == k_pool.scalar_type() && k_pool.scalar_type() == v_pool.scalar_type(),
+              "paged_decode_attention: q and the pools must share a dtype");
+  at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v_pool.size(3)}, q.options());
+  const at::Tensor tables = block_tables.contiguous(), lens = context_lens.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention",
+                                  [&] { run_paged<scalar_t>(q, k_pool, v_pool, tables, lens, scale, out); });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY(llmkit, m) { m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor"); }
+// a fragment: other llmkit kernels register their own operators in the same namespace
+TORCH_LIBRARY_FRAGMENT(llmkit, m) {
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+  m.def("paged_decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor block_tables, Tensor context_lens, "
+        "float scale) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(llmkit, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(llmkit, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("paged_decode_attention", &paged_decode_attention);
+}

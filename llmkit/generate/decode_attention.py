@@ -19,7 +19,9 @@ compiled bf16 step it takes about 50 us per layer against the fused kernel's
 The kernel is compiled on first use with torch's C++ extension builder (a C++
 compiler with OpenMP and ninja, as ``torch.compile`` on CPU needs anyway) and
 cached by torch under ``~/.cache/torch_extensions``. When it cannot be built,
-a warning says why and the step keeps torch's attention.
+a warning says why and the step keeps torch's attention. The same kernel reads a
+paged cache through block tables (:func:`paged_decode_attention`, for
+:mod:`llmkit.engine`): a slot's row is found in its block instead of at a fixed stride.
 :class:`DecodeAttention` swaps it in for ``F.scaled_dot_product_attention``
 calls that have the decode shape, the way :mod:`llmkit.generate.rowwise` swaps
 linears, so the model's code does not change.
@@ -57,11 +59,17 @@ def load() -> bool:
                       "decoding with torch's attention", RuntimeWarning, stacklevel=2)
         return False
     torch.library.register_fake("llmkit::decode_attention")(_shape)
+    torch.library.register_fake("llmkit::paged_decode_attention")(_paged_shape)
     return True
 
 
 def _shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     return q.new_empty(*q.shape[:-1], v.shape[-1])
+
+
+def _paged_shape(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    return q.new_empty(*q.shape[:-1], v_pool.shape[-1])
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -78,6 +86,23 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     Requires :func:`load` to have returned True.
     """
     return torch.ops.llmkit.decode_attention(q, k, v, mask, scale)
+
+
+def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
+                           context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """The same attention over a paged cache (an inference engine's decode rows).
+
+    Args:
+        q: (B, Hkv, T, D) queries, grouped query heads folded into T.
+        k_pool: (num_blocks, block_size, Hkv, D) keys, v_pool (num_blocks, block_size, Hkv, Dv) values.
+        block_tables: (B, M) int32, the blocks of each sequence in order.
+        context_lens: (B,) int32, slots each sequence attends over (its first ones).
+        scale: multiplier of the scores.
+    Returns:
+        (B, Hkv, T, Dv) in q's dtype.
+    Requires :func:`load` to have returned True.
+    """
+    return torch.ops.llmkit.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)
 
 
 def _as_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,

@@ -23,7 +23,12 @@ from llmkit.generate import processors as P
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Parameters of next-token selection; defaults are greedy decoding with no penalties."""
+    """Parameters of next-token selection; defaults are greedy decoding with no penalties.
+
+    The fields after ``frequency_penalty`` describe a whole request (length, stops, seed, the
+    number of continuations, log-probabilities); the inference engine (:mod:`llmkit.engine`)
+    reads them, while :func:`llmkit.generate.generate` takes the same things as arguments.
+    """
 
     temperature: float = field(default=0.0, metadata={"help":
         "0 = greedy (argmax); > 0 samples from softmax(logits / temperature)"})
@@ -37,6 +42,25 @@ class SamplingParams:
         "OpenAI's penalty on generated tokens, in [-2, 2] (0 = off)"})
     frequency_penalty: float = field(default=0.0, metadata={"help":
         "OpenAI's per-occurrence penalty on generated tokens, in [-2, 2] (0 = off)"})
+    # ----- per request (the engine's) -----
+    max_tokens: int = field(default=256, metadata={"request": True, "help": "tokens to generate at most"})
+    stop: tuple[str, ...] = field(default=(), metadata={"request": True, "help":
+        "strings that end generation (not included in the text)"})
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"request": True, "help":
+        "token ids that end generation, besides EOS"})
+    ignore_eos: bool = field(default=False, metadata={"request": True, "help": "keep generating after EOS"})
+    seed: int | None = field(default=None, metadata={"request": True, "help":
+        "seed of this request's sampling (None = the engine's random state)"})
+    n: int = field(default=1, metadata={"request": True, "help": "continuations to generate from the prompt"})
+    logprobs: int | None = field(default=None, metadata={"request": True, "help":
+        "report the log-probabilities of each generated token and of this many alternatives (None = off)"})
+
+    def __post_init__(self):
+        # a single stop string, or lists, are accepted and stored as tuples (the dataclass is frozen)
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        object.__setattr__(self, "stop", tuple(stop) if isinstance(stop, (list, tuple)) else stop)
+        if isinstance(self.stop_token_ids, list):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
 
     def validate(self) -> SamplingParams:
         """Check every value; raise ValueError naming the first bad one."""
@@ -53,6 +77,16 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) for s in self.stop):
+            raise ValueError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be non-negative integers, got {self.stop_token_ids!r}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
+            raise ValueError(f"logprobs must be an integer >= 0 or None, got {self.logprobs!r}")
         return self
 
     @property

@@ -15,6 +15,7 @@ from torch import nn
 from llmkit.config import ModelConfig
 from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.norm import RMSNorm
+from llmkit.model.paged import paged_attention
 from llmkit.model.rope import apply_rope
 
 
@@ -73,7 +74,8 @@ class Attention(nn.Module):
         self.kv_cache = None
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """x (B, T, dim) -> (B, T, dim): writes K/V at ``meta.input_pos`` when a cache is set up."""
+        """x (B, T, dim) -> (B, T, dim): writes K/V at ``meta.input_pos`` when a cache is set up,
+        or into ``meta.paged``'s pool (B = 1) in an engine step."""
         b, t, _ = x.shape
         rope = meta.rope
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -84,6 +86,10 @@ class Attention(nn.Module):
         if rope is not None:
             q = apply_rope(q, *rope, layout=self.cfg.rope_layout)
             k = apply_rope(k, *rope, layout=self.cfg.rope_layout)
+        if meta.paged is not None:  # an engine step: one flattened row, K/V in the paged pool
+            y = paged_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1),
+                                meta.paged.caches[self.layer_idx], meta.paged, self.head_dim ** -0.5)  # (T, H, D)
+            return self.o_proj(y.reshape(b, t, -1))
         if self.kv_cache is not None and meta.input_pos is not None:
             k, v = self.kv_cache.update(meta.input_pos, k, v)  # (B, Hkv, S, D)
         if meta.prefix_kv is not None:

@@ -3,14 +3,44 @@
 ``CausalLM.forward`` computes these once (cache slots, RoPE angles, the mask)
 and hands the same object to every block, which hands it to its attention.
 Nothing here is global, so two models (or two engines) can run side by side,
-and an inference engine can add its own fields (block tables, sequence
-lengths) without touching the block code.
+and an inference engine passes its paged-KV inputs (:class:`PagedMetadata`:
+slot mapping, block tables, context lengths) the same way, together with the
+block pool itself, without touching the block code.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+@dataclass
+class PagedMetadata:
+    """Where a flattened batch of sequences reads and writes a paged KV pool (an engine step).
+
+    The step's tokens are flattened into one row of N tokens, sequence after sequence; the
+    first ``num_decodes`` sequences contribute one token each (decodes), the rest a chunk of
+    their prompt (prefill). K/V live in fixed-size blocks of a pool shared by all sequences;
+    a sequence's block table lists its blocks in order.
+
+    Attributes:
+        caches: one paged cache per layer (``llmkit.model.paged.PagedKVCache`` or ``PagedLatentCache``).
+        slot_mapping: (N,) int64, pool slot (block * block_size + offset) each token's K/V is written to.
+        block_tables: (B, M) int32, the blocks of each sequence (unused entries arbitrary).
+        context_lens: (B,) int32, tokens of each sequence in the cache once this step's are written.
+        query_lens: B host ints, this step's tokens of each sequence (they sum to N).
+        host_context_lens: ``context_lens`` as B host ints (slicing without a device sync).
+        num_decodes: how many leading sequences have exactly one token.
+    """
+
+    caches: list[Any]
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    query_lens: list[int]
+    host_context_lens: list[int]
+    num_decodes: int
 
 
 @dataclass
@@ -24,9 +54,11 @@ class AttentionMetadata:
             With ``prefix_kv`` the mask covers its n columns first, then the S keys.
         prefix_kv: (n_layers, 2, Hkv, n, D) virtual keys and values each layer attends to before the
             tokens' own (prefix tuning); None = none.
+        paged: the paged-KV inputs of an engine step (batch of one flattened row); None = static or no cache.
     """
 
     input_pos: torch.Tensor | None = None
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
     mask: torch.Tensor | None = None
     prefix_kv: torch.Tensor | None = None
+    paged: PagedMetadata | None = None

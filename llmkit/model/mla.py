@@ -16,6 +16,7 @@ from llmkit.config import ModelConfig, yarn_mscale
 from llmkit.model.attention import attend
 from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.norm import RMSNorm
+from llmkit.model.paged import causal_offset_mask, gather, segments
 from llmkit.model.rope import apply_rope
 
 
@@ -57,13 +58,32 @@ class MLAttention(nn.Module):
         layout = self.cfg.rope_layout
         q_pe = apply_rope(q_pe, *rope, layout=layout)
         k_pe = apply_rope(k_pe[:, None], *rope, layout=layout)[:, 0]  # (B, T, P), one head shared by all
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        if meta.paged is not None:  # an engine step (B = 1): the latents go to the paged pool
+            return self.o_proj(self._paged(q, c_kv[0], k_pe[0], meta.paged).reshape(b, t, h * self.v_dim))
         if self.kv_cache is not None and meta.input_pos is not None:
             c_kv, k_pe = self.kv_cache.update(meta.input_pos, c_kv, k_pe)
-        s = c_kv.shape[1]
+        y = self._attend(q, c_kv, k_pe, meta.mask)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, h * self.v_dim))
+
+    def _attend(self, q: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """q (B, H, T, nope + rope) over latents c_kv (B, S, R) and shared keys k_pe (B, S, P) -> (B, H, T, v)."""
+        b, s = c_kv.shape[:2]
+        h = self.cfg.n_heads
         kv = self.kv_b_proj(c_kv).view(b, s, h, self.nope + self.v_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # (B, H, S, nope), (B, H, S, v)
         k = torch.cat([k_nope, k_pe[:, None].expand(b, h, s, self.rope_dim)], dim=-1)
-        q = torch.cat([q_nope, q_pe], dim=-1)
         dropout = self.cfg.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, meta.mask, self.scale, self.cfg.attn_impl, dropout)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, h * self.v_dim))
+        return attend(q, k, v, mask, self.scale, self.cfg.attn_impl, dropout)
+
+    def _paged(self, q: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor, paged) -> torch.Tensor:
+        """q (1, H, N, nope + rope), this step's latents c_kv (N, R), k_pe (N, P) -> (N, H, v), sequence by sequence."""
+        cache = paged.caches[self.layer_idx]
+        cache.write(paged.slot_mapping, c_kv, k_pe)
+        out = q.new_empty(q.shape[2], q.shape[1], self.v_dim)
+        for i, start, t, ctx in segments(paged):
+            table = paged.block_tables[i]
+            latent, shared = gather(cache.c_kv, table, ctx)[None], gather(cache.k_pe, table, ctx)[None]
+            mask = causal_offset_mask(t, ctx, q.device)[None, None]
+            out[start:start + t] = self._attend(q[:, :, start:start + t], latent, shared, mask)[0].transpose(0, 1)
+        return out

@@ -28,7 +28,7 @@ from torch import nn
 from llmkit.config import ModelConfig
 from llmkit.model.block import Block
 from llmkit.model.kv_cache import KVCache, LatentCache
-from llmkit.model.metadata import AttentionMetadata
+from llmkit.model.metadata import AttentionMetadata, PagedMetadata
 from llmkit.model.moe import Router
 from llmkit.model.norm import build_norm
 from llmkit.model.positions import POSITIONS
@@ -164,7 +164,8 @@ class CausalLM(nn.Module):
     # ----- forward -----
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                return_aux_loss: bool = False, logits_to_keep: int = 0, prefix_kv: torch.Tensor | None = None):
+                return_aux_loss: bool = False, logits_to_keep: int = 0, prefix_kv: torch.Tensor | None = None,
+                paged: PagedMetadata | None = None, logits_indices: torch.Tensor | None = None):
         """Next-token logits.
 
         Args:
@@ -181,10 +182,16 @@ class CausalLM(nn.Module):
             prefix_kv: (n_layers, 2, Hkv, n, D) keys and values every query attends to before the
                 tokens (prefix tuning); the tokens take positions n, n+1, ... as if the prefix had
                 been a prompt. Not stored in the cache.
+            paged: an inference engine's step (:mod:`llmkit.engine`): ``input_ids`` (1, N) is the step's
+                sequences flattened, ``position_ids`` (1, N) is required, and K/V are written to and
+                read from the paged pools it names; the static cache is not used.
+            logits_indices: (K,) compute logits for only these positions of the (flattened) row.
         Returns:
             logits (B, T or logits_to_keep, vocab) in the model dtype, or ``(logits, aux_loss)``.
         """
         cfg = self.cfg
+        if paged is not None:
+            return self._forward_paged(input_ids, position_ids, paged, logits_indices)
         b, t = input_ids.shape
         device = input_ids.device
         cached = input_pos is not None
@@ -214,11 +221,26 @@ class CausalLM(nn.Module):
                 aux_losses.append(aux)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
+        if logits_indices is not None:
+            x = x[:, logits_indices]
         logits = self.lm_head(self.model.norm(x))
         if return_aux_loss:
             aux = torch.stack(aux_losses).mean() if aux_losses else logits.new_zeros(())
             return logits, aux
         return logits
+
+    def _forward_paged(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, paged: PagedMetadata,
+                       logits_indices: torch.Tensor | None) -> torch.Tensor:
+        """The engine's forward: (1, N) flattened tokens at ``position_ids`` -> logits (1, N or K, vocab)."""
+        if position_ids is None or input_ids.shape[0] != 1:
+            raise ValueError("a paged forward takes input_ids and position_ids of shape (1, N)")
+        x, rope = self.model.positions.embed(self.model.embed_tokens(input_ids), position_ids)
+        meta = AttentionMetadata(rope=rope, paged=paged)
+        for layer in self.model.layers:
+            x, _ = layer(x, meta)
+        if logits_indices is not None:
+            x = x[:, logits_indices]
+        return self.lm_head(self.model.norm(x))
 
     # ----- bookkeeping -----
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

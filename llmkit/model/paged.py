@@ -1,0 +1,138 @@
+"""Paged KV caches and the attention that reads them (vLLM's PagedAttention, Kwon et al. 2023).
+
+An inference engine keeps K/V in one pool of fixed-size blocks shared by all
+sequences; a sequence owns a list of blocks (its block table) that need not be
+contiguous, so memory is allocated a block at a time, finished sequences free
+theirs at once, and sequences with a common prefix can share its blocks.
+
+A pool is ``(num_blocks, block_size, Hkv, D)`` per layer for K and for V (MLA
+keeps its latent and shared rotary key instead), which is also a flat array of
+``num_blocks * block_size`` slots: a token's K/V is written to its slot
+(``slot_mapping``), and attention reads a sequence's slots through its block
+table. One engine step is one flattened row of tokens (see
+:class:`~llmkit.model.metadata.PagedMetadata`): decode rows (one query each)
+attend in one batched call, through the C++ kernel of
+:mod:`llmkit.generate.decode_attention` on CPU or a gather + SDPA elsewhere;
+prompt chunks attend one sequence at a time, causally over their cached
+prefix and themselves.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from llmkit.model.metadata import PagedMetadata
+
+
+class PagedKVCache:
+    """One layer's K and V pools, each (num_blocks, block_size, Hkv, D)."""
+
+    def __init__(self, num_blocks: int, block_size: int, kv_heads: int, k_dim: int, v_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None):
+        self.block_size = block_size
+        self.k = torch.zeros(num_blocks, block_size, kv_heads, k_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(num_blocks, block_size, kv_heads, v_dim, dtype=dtype, device=device)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.k, self.v
+
+    def write(self, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k (N, Hkv, D) and v (N, Hkv, Dv) at the pool slots ``slot_mapping`` (N,)."""
+        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, slot_mapping, k.to(self.k.dtype))
+        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, slot_mapping, v.to(self.v.dtype))
+
+
+class PagedLatentCache:
+    """One MLA layer's latent pool (num_blocks, block_size, R) and shared rotary key pool (num_blocks, block_size, P)."""
+
+    def __init__(self, num_blocks: int, block_size: int, kv_lora_rank: int, rope_dim: int, dtype: torch.dtype,
+                 device: torch.device | str | None = None):
+        self.block_size = block_size
+        self.c_kv = torch.zeros(num_blocks, block_size, kv_lora_rank, dtype=dtype, device=device)
+        self.k_pe = torch.zeros(num_blocks, block_size, rope_dim, dtype=dtype, device=device)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.c_kv, self.k_pe
+
+    def write(self, slot_mapping: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """Store c_kv (N, R) and k_pe (N, P) at the pool slots ``slot_mapping`` (N,)."""
+        self.c_kv.view(-1, self.c_kv.shape[-1]).index_copy_(0, slot_mapping, c_kv.to(self.c_kv.dtype))
+        self.k_pe.view(-1, self.k_pe.shape[-1]).index_copy_(0, slot_mapping, k_pe.to(self.k_pe.dtype))
+
+
+def gather(pool: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first ``length`` slots of one sequence: pool (num_blocks, bs, ...) -> (length, ...)."""
+    blocks = -(-length // pool.shape[1])
+    return pool[block_table[:blocks]].flatten(0, 1)[:length]
+
+
+def causal_offset_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
+    """(T, S) bool: query i (the (S - T + i)-th token) sees keys up to itself."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
+
+
+def segments(paged: PagedMetadata, first: int = 0) -> Iterator[tuple[int, int, int, int]]:
+    """(sequence index, first token, query length, context length) of sequences ``first`` on in the step."""
+    start = sum(paged.query_lens[:first])
+    for i in range(first, len(paged.query_lens)):
+        t = paged.query_lens[i]
+        yield i, start, t, paged.host_context_lens[i]
+        start += t
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: PagedKVCache, paged: PagedMetadata,
+                    scale: float) -> torch.Tensor:
+    """Write this step's K/V into the pool and attend every query over its sequence's cache.
+
+    Args:
+        q: (N, H, D) queries of the flattened step; k (N, Hkv, D), v (N, Hkv, Dv) its new keys/values.
+        cache: the layer's pools.
+        paged: where each token goes and which blocks each sequence reads.
+        scale: multiplier of the scores.
+    Returns:
+        (N, H, Dv)
+    """
+    cache.write(paged.slot_mapping, k, v)
+    n, h, _ = q.shape
+    out = q.new_empty(n, h, v.shape[-1])
+    nd = paged.num_decodes
+    if nd:
+        out[:nd] = decode_attention(q[:nd], cache.k, cache.v, paged.block_tables[:nd], paged.context_lens[:nd],
+                                    max(paged.host_context_lens[:nd]), scale)
+    for i, start, t, ctx in segments(paged, first=nd):  # prompt chunks
+        if t == ctx:  # nothing cached before this chunk: its own K/V are the whole context
+            ks, vs = k[start:start + t], v[start:start + t]
+        else:
+            ks, vs = gather(cache.k, paged.block_tables[i], ctx), gather(cache.v, paged.block_tables[i], ctx)
+        mask = None if t == ctx else causal_offset_mask(t, ctx, q.device)
+        y = F.scaled_dot_product_attention(q[start:start + t].transpose(0, 1)[None], ks.transpose(0, 1)[None],
+                                           vs.transpose(0, 1)[None], attn_mask=mask, is_causal=mask is None,
+                                           scale=scale, enable_gqa=h != k.shape[1])  # (1, H, T, Dv)
+        out[start:start + t] = y[0].transpose(0, 1)
+    return out
+
+
+def decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
+                     context_lens: torch.Tensor, max_context: int, scale: float) -> torch.Tensor:
+    """One query per sequence over its paged cache: q (B, H, D) -> (B, H, Dv).
+
+    On CPU the C++ kernel reads the blocks in place; elsewhere (or without a compiler) the
+    blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA.
+    """
+    from llmkit.generate import decode_attention as kernel  # lazy: generate/ builds the kernel
+
+    b, h, d = q.shape
+    hkv = k_pool.shape[2]
+    q = q.view(b, hkv, h // hkv, d)  # grouped query heads folded into the row axis
+    if q.device.type == "cpu" and q.dtype == k_pool.dtype and kernel.load():
+        y = kernel.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)
+        return y.reshape(b, h, -1)
+    blocks = -(-max_context // k_pool.shape[1])
+    keys = k_pool[block_tables[:, :blocks]].flatten(1, 2)[:, :max_context].transpose(1, 2)  # (B, Hkv, S, D)
+    values = v_pool[block_tables[:, :blocks]].flatten(1, 2)[:, :max_context].transpose(1, 2)
+    mask = torch.arange(max_context, device=q.device)[None] < context_lens[:, None]  # (B, S)
+    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None, None],
+                                       scale=scale)
+    return y.reshape(b, h, -1)
