@@ -17,9 +17,9 @@ a ``None`` in a stream means "no reference here" for that sentence.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 MAX_ORDER = 4
+_PLANE_2 = 0x20000
 Tokenize = Literal["13a", "intl", "none", "char"]
 SmoothMethod = Literal["exp", "floor", "add-k", "none"]
 SMOOTH_DEFAULTS = {"none": None, "floor": 0.1, "add-k": 1, "exp": None}  # sacrebleu's BLEU.SMOOTH_DEFAULTS
@@ -80,26 +81,17 @@ def _tokenize_13a(line: str) -> str:
 
 
 @functools.cache
-def _category_class(prefix: str) -> str:
-    """A regex character class of every code point whose Unicode category starts with ``prefix``
-    (``\\p{P}`` etc., which the standard ``re`` module lacks)."""
-    ranges, start, prev = [], None, None
-    for cp in range(sys.maxunicode + 1):
-        if unicodedata.category(chr(cp)).startswith(prefix):
-            if start is None:
-                start = cp
-            prev = cp
-        elif start is not None:
-            ranges.append((start, prev))
-            start = None
-    if start is not None:
-        ranges.append((start, prev))
-    return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
-
-
-@functools.cache
 def _intl_rules() -> list[tuple[re.Pattern, str]]:
-    n, p, s = _category_class("N"), _category_class("P"), _category_class("S")
+    """mteval-v14's rules; ``re`` lacks ``\\p{N}``/``\\p{P}``/``\\p{S}``, so their classes are built from
+    :mod:`unicodedata` in one pass over the code points, once, on first use. Only planes 0 and 1 are
+    read: planes 2-16 hold ideographs, tags, variation selectors and private use, none of them N, P or S."""
+    ranges: dict[str, list[str]] = {"N": [], "P": [], "S": []}
+    for major, run in itertools.groupby(range(_PLANE_2), lambda cp: unicodedata.category(chr(cp))[0]):
+        if major in ranges:
+            first, *rest = run
+            last = rest[-1] if rest else first
+            ranges[major].append(f"\\U{first:08x}-\\U{last:08x}")
+    n, p, s = ("".join(ranges[c]) for c in "NPS")
     return [
         (re.compile(f"([^{n}])([{p}])"), r"\1 \2 "),  # punctuation after a non-digit
         (re.compile(f"([{p}])([^{n}])"), r" \1 \2"),  # punctuation before a non-digit
