@@ -17,7 +17,8 @@ from llmkit.model import CausalLM
 
 
 def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
-                          device: torch.device | str | None = None, source: str = "checkpoint") -> CausalLM:
+                          device: torch.device | str | None = None, source: str = "checkpoint",
+                          quantization: dict | None = None) -> CausalLM:
     """A CausalLM for ``cfg`` holding exactly the tensors in ``state``.
 
     Args:
@@ -26,6 +27,8 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
         dtype: floating tensors are cast to it; None keeps the first floating tensor's dtype.
         device: where the parameters go; None = where the tensors are.
         source: the checkpoint, named in every error.
+        quantization: a ``quantization_config`` (see :mod:`llmkit.quant`): its quantised layers are
+            built on meta too, so the file's int tensors are assigned as they are, never dequantised.
 
     Returns:
         The model in eval mode.
@@ -33,8 +36,11 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
     Raises:
         CheckpointError: a missing or unexpected tensor, or a shape the config does not expect.
     """
+    float_dtype = dtype or next((t.dtype for t in state.values() if _castable(t)), None)
     with torch.device("meta"):
         model = CausalLM(cfg)
+    if quantization is not None:
+        model = _rebuild_quantized(model, quantization, float_dtype, source)
     expected = model.state_dict()
     if cfg.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
@@ -50,16 +56,25 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
     for name, ref in expected.items():
         if tuple(state[name].shape) != tuple(ref.shape):
             raise CheckpointError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
-                                  f"the config expects {tuple(ref.shape)}")
-    float_dtype = dtype
-    for name, t in state.items():
-        if t.is_floating_point() and float_dtype is None:
-            float_dtype = t.dtype
-            break
-    cast = {k: (v.to(device=device, dtype=float_dtype) if v.is_floating_point() else v.to(device))
-            for k, v in state.items()}
+                                  f"the config expects {tuple(ref.shape)}"
+                                  + (" (does quantization_config match the tensors?)" if quantization else ""))
+    cast = {k: (v.to(device=device, dtype=float_dtype) if _castable(v) else v.to(device)) for k, v in state.items()}
     model.load_state_dict(cast, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rebuild_buffers(device)  # non-persistent buffers are not in the state dict
     return model.eval()
+
+
+def _castable(t: torch.Tensor) -> bool:
+    """Floating tensors follow the load dtype, except 8-bit floats (fp8 codes of a quantised weight)."""
+    return t.is_floating_point() and t.element_size() > 1
+
+
+def _rebuild_quantized(model: CausalLM, quantization: dict, dtype: torch.dtype | None, source: str) -> CausalLM:
+    from llmkit.quant import rebuild  # lazy: only quantised checkpoints need llmkit.quant
+
+    try:
+        return rebuild(model, quantization, dtype)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: its quantization_config cannot be applied: {e}") from e

@@ -120,7 +120,10 @@ def save_hf(model, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) ->
         shards[-1][name] = tensor
         size += nbytes
     with atomic_dir(directory) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, dtype_name), indent=2))
+        hf_config = config_to_hf(cfg, dtype_name)
+        if getattr(model, "quantization_config", None):  # set by llmkit.quant.quantize; read back by load_model
+            hf_config["quantization_config"] = model.quantization_config
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         meta = {"format": "pt"}
         if len(shards) == 1:
             save_file(shards[0], str(tmp / "model.safetensors"), metadata=meta)

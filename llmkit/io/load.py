@@ -49,7 +49,9 @@ def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch
         device: where the parameters live; None = CPU.
 
     Returns:
-        The model in eval mode.
+        The model in eval mode; a directory saved from a quantised model (``quantization_config`` in
+        its config.json) comes back with the same quantised layers.
     """
     cfg, state = read_checkpoint(path, dtype)
-    return build_from_state_dict(cfg, state, dtype, device, source=str(path))
+    quantization = read_hf_config(Path(path))[1].get("quantization_config") if Path(path).is_dir() else None
+    return build_from_state_dict(cfg, state, dtype, device, source=str(path), quantization=quantization)

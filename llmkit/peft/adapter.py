@@ -24,7 +24,7 @@ from torch import nn
 
 from llmkit.model.activation import get_activation
 from llmkit.peft.base import Adapter, freeze_all_but_adapters, match_targets, module_device, replace_module
-from llmkit.peft.qlora import Linear4bit
+from llmkit.quant.linear import QuantLinear
 
 BottleneckKind = Literal["houlsby", "pfeiffer"]
 
@@ -71,7 +71,7 @@ def apply_bottleneck(model: nn.Module, kind: BottleneckKind = "houlsby", size: i
         ``model``.
     """
     targets = {"houlsby": [attn_output, mlp_output], "pfeiffer": [mlp_output]}[kind]
-    for path in match_targets(model, targets, (nn.Linear, Linear4bit)):
+    for path in match_targets(model, targets, (nn.Linear, QuantLinear)):
         replace_module(model, path, BottleneckAdapter(model.get_submodule(path), size, activation))
     freeze_all_but_adapters(model)
     return model

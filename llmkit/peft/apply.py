@@ -17,9 +17,9 @@ from torch import nn
 from llmkit.peft.base import adapters, freeze_all_but_adapters, inside_adapter, match_targets, replace_module
 from llmkit.peft.ia3 import IA3Linear
 from llmkit.peft.lora import LORA_INITS, LoRAConv2d, LoRAEmbedding, LoRALayer, LoRALinear
-from llmkit.peft.qlora import Linear4bit
+from llmkit.quant.linear import QuantLinear
 
-LINEAR_KINDS = (nn.Linear, Linear4bit)
+LINEAR_KINDS = (nn.Linear, QuantLinear)
 MERGEABLE = (LoRALayer, IA3Linear)
 
 
@@ -100,15 +100,15 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge every adapter and put the plain base layers back: the result has no adapter code in it.
 
-    A 4-bit base is dequantised to a float ``nn.Linear`` (in its compute dtype) before the merge,
-    since adding a low-rank update to NF4 codes and re-quantising would lose most of it.
+    A quantised base is dequantised to a float ``nn.Linear`` (in its compute dtype) before the merge,
+    since adding a low-rank update to 4- or 8-bit codes and re-quantising would lose most of it.
     Non-mergeable adapters (bottleneck, virtual tokens) raise TypeError.
     """
     for name, a in adapters(model):
         if not isinstance(a, MERGEABLE):
             raise TypeError(f"{name or 'model'}: a {type(a).__name__} cannot be merged into the base weights")
     for name, a in _mergeable(model):
-        if isinstance(a.base_layer, Linear4bit):
+        if isinstance(a.base_layer, QuantLinear):
             a.base_layer = a.base_layer.to_linear()
         a.merge()
         if not name:
@@ -137,7 +137,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; shared tensors count once, and a 4-bit linear counts
+    """(trainable, total) parameter counts; shared tensors count once, and a quantised linear counts
     the in * out weights it stores (as buffers) so totals match the unquantised model."""
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():
@@ -146,5 +146,5 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
         seen.add(id(p))
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
-    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, Linear4bit))
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear))
     return trainable, total

@@ -21,7 +21,7 @@ from torch import nn
 from llmkit.peft.base import (Adapter, freeze_all_but_adapters, match_targets, module_device, name_matches,
                               replace_module)
 from llmkit.peft.lora import float_weight
-from llmkit.peft.qlora import Linear4bit
+from llmkit.quant.linear import QuantLinear
 
 
 class IA3Linear(Adapter):
@@ -74,7 +74,7 @@ def apply_ia3(model: nn.Module, target_modules: Sequence[str] | str = ("k_proj",
     Returns:
         ``model``, modified in place.
     """
-    for path in match_targets(model, target_modules, (nn.Linear, Linear4bit)):
+    for path in match_targets(model, target_modules, (nn.Linear, QuantLinear)):
         module = model.get_submodule(path)
         replace_module(model, path, IA3Linear(module, name_matches(path, feedforward_modules)))
     freeze_all_but_adapters(model)

@@ -1,0 +1,399 @@
+// llama.cpp block-quantised matrices on the CPU: dequantisation and x @ W^T without a float copy of W.
+//
+// W is (N, row_bytes) uint8: each row is K / block weights in ggml blocks (layouts in
+// llmkit/quant/gguf_types.py, the reference these kernels are tested against).
+//
+// gguf_mm(x (..., K), W) -> (..., N) has two paths:
+// - few rows (decoding): parallel over output rows, each row's blocks are read once.
+//   On a CPU with VNNI (AVX512-VNNI or AVX-VNNI) this is llama.cpp's recipe: x is
+//   quantised per 32-block to int8 (scale dx = max|x| / 127) and every 32 weights cost
+//   one int8 dot (vpdpbusd: unsigned weight bytes times signed activation bytes) whose
+//   8 int32 lanes are scaled by dw * dx into an fp32 accumulator. Unsigned weights make
+//   it one instruction: Q4 nibbles are 0..15 already, Q8_0's signed bytes become q + 128
+//   by flipping the top bit, Q6_K's 6-bit values are 0..63; the offsets that undoes
+//   (and Q4_1's and Q4_K's mins) are paid once per block with the x block's sum. This
+//   rounds x to 8 bits, as llama.cpp does (relative error ~0.5% per product).
+//   Without VNNI a row is dequantised into an fp32 buffer that stays in L1 and dotted
+//   in fp32 with every x row.
+// - many rows (prefill, training): tiles of W rows are dequantised to fp32 and
+//   multiplied with torch's GEMM, so the dequantisation is paid once per tile.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define LLMKIT_VNNI 1
+#define DPBUSD _mm256_dpbusd_epi32
+#elif defined(__AVXVNNI__)
+#define LLMKIT_VNNI 1
+#define DPBUSD _mm256_dpbusd_avx_epi32
+#endif
+
+namespace {
+
+// ggml type ids
+constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14;
+constexpr int64_t kSmallM = 8;      // at most this many x rows take the row-streaming path
+constexpr int64_t kTileRows = 256;  // W rows dequantised per GEMM tile on the many-rows path
+
+struct Layout {
+  int64_t block, bytes;
+};
+
+Layout layout(int64_t qtype) {
+  switch (qtype) {
+    case kQ8_0: return {32, 34};
+    case kQ4_0: return {32, 18};
+    case kQ4_1: return {32, 20};
+    case kQ4_K: return {256, 144};
+    case kQ6_K: return {256, 210};
+  }
+  TORCH_CHECK(false, "gguf: unsupported ggml type id ", qtype, " (supported: Q8_0=8, Q4_0=2, Q4_1=3, Q4_K=12, Q6_K=14)");
+}
+
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
+#endif
+}
+
+void deq_q8_0(const uint8_t* b, float* y) {
+  const float d = f16(b);
+  const int8_t* q = reinterpret_cast<const int8_t*>(b + 2);
+#pragma omp simd
+  for (int j = 0; j < 32; ++j) y[j] = d * q[j];
+}
+
+void deq_q4_0(const uint8_t* b, float* y) {
+  const float d = f16(b);
+  const uint8_t* qs = b + 2;
+#pragma omp simd
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * (static_cast<int>(qs[j] & 15) - 8);
+    y[j + 16] = d * (static_cast<int>(qs[j] >> 4) - 8);
+  }
+}
+
+void deq_q4_1(const uint8_t* b, float* y) {
+  const float d = f16(b), m = f16(b + 2);
+  const uint8_t* qs = b + 4;
+#pragma omp simd
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * (qs[j] & 15) + m;
+    y[j + 16] = d * (qs[j] >> 4) + m;
+  }
+}
+
+// ggml's get_scale_min_k4: 6-bit scale and min of sub-block j from the 12 packed bytes
+inline void scale_min_k4(int j, const uint8_t* q, float* sc, float* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+void deq_q4_k(const uint8_t* b, float* y) {
+  const float d = f16(b), dmin = f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qs = b + 16;
+  for (int g = 0; g < 4; ++g, qs += 32, y += 64) {
+    float s0, m0, s1, m1;
+    scale_min_k4(2 * g, scales, &s0, &m0);
+    scale_min_k4(2 * g + 1, scales, &s1, &m1);
+    const float d0 = d * s0, o0 = dmin * m0, d1 = d * s1, o1 = dmin * m1;
+#pragma omp simd
+    for (int l = 0; l < 32; ++l) {
+      y[l] = d0 * (qs[l] & 15) - o0;
+      y[l + 32] = d1 * (qs[l] >> 4) - o1;
+    }
+  }
+}
+
+void deq_q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = f16(b + 208);
+  for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, y += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      y[l] = d * sc[is] * (((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32);
+      y[l + 32] = d * sc[is + 2] * (((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+      y[l + 64] = d * sc[is + 4] * (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+      y[l + 96] = d * sc[is + 6] * (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+    }
+  }
+}
+
+using DeqFn = void (*)(const uint8_t*, float*);
+
+DeqFn deq_fn(int64_t qtype) {
+  switch (qtype) {
+    case kQ8_0: return deq_q8_0;
+    case kQ4_0: return deq_q4_0;
+    case kQ4_1: return deq_q4_1;
+    case kQ4_K: return deq_q4_k;
+    case kQ6_K: return deq_q6_k;
+  }
+  layout(qtype);  // raises
+  return nullptr;
+}
+
+inline void deq_row(DeqFn fn, Layout l, const uint8_t* row, int64_t k, float* y) {
+  for (int64_t i = 0; i < k / l.block; ++i) fn(row + i * l.bytes, y + i * l.block);
+}
+
+void check_weight(const at::Tensor& w, int64_t qtype, int64_t k, const char* op) {
+  const Layout l = layout(qtype);
+  TORCH_CHECK(w.scalar_type() == at::kByte, op, ": the weight must be uint8 blocks, got ", w.scalar_type());
+  TORCH_CHECK(w.device().is_cpu(), op, ": the weight must be on the CPU");
+  TORCH_CHECK(k > 0 && k % l.block == 0, op, ": in_features=", k, " is not a multiple of the block size ", l.block);
+  TORCH_CHECK(w.dim() >= 1 && w.size(-1) == k / l.block * l.bytes, op, ": weight rows have ", w.size(-1),
+              " bytes, ", k / l.block * l.bytes, " expected for in_features=", k);
+}
+
+// (rows, k) fp32 from (rows, row_bytes) blocks
+void dequantize_into(const uint8_t* w, int64_t rows, int64_t k, int64_t qtype, float* out) {
+  const Layout l = layout(qtype);
+  const DeqFn fn = deq_fn(qtype);
+  const int64_t rb = k / l.block * l.bytes;
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) deq_row(fn, l, w + r * rb, k, out + r * k);
+  });
+}
+
+at::Tensor gguf_dequantize(const at::Tensor& weight, int64_t qtype, int64_t in_features, at::ScalarType dtype) {
+  check_weight(weight, qtype, in_features, "gguf_dequantize");
+  const at::Tensor w = weight.contiguous();
+  std::vector<int64_t> shape(w.sizes().begin(), w.sizes().end());
+  shape.back() = in_features;
+  at::Tensor out = at::empty(shape, w.options().dtype(at::kFloat));
+  dequantize_into(w.data_ptr<uint8_t>(), w.numel() / std::max<int64_t>(w.size(-1), 1), in_features, qtype,
+                  out.data_ptr<float>());
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+// ---- few rows: fp32 dot products against a dequantised row in L1 ----
+void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
+  const Layout l = layout(qtype);
+  const DeqFn fn = deq_fn(qtype);
+  const int64_t rb = k / l.block * l.bytes;
+  at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> row(k);
+    for (int64_t j = n0; j < n1; ++j) {
+      deq_row(fn, l, w + j * rb, k, row.data());
+      for (int64_t i = 0; i < m; ++i) {
+        const float* xi = x + i * k;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t c = 0; c < k; ++c) dot += row[c] * xi[c];
+        out[i * n + j] = dot;
+      }
+    }
+  });
+}
+
+#ifdef LLMKIT_VNNI
+// x rows quantised per 32-block: int8 values, scale dx, and dx * sum(q) (the offset terms' factor)
+struct Q8Rows {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+};
+
+Q8Rows quantize_rows(const float* x, int64_t m, int64_t k) {
+  const int64_t nb = k / 32;
+  Q8Rows r{std::vector<int8_t>(m * k), std::vector<float>(m * nb), std::vector<float>(m * nb)};
+  for (int64_t b = 0; b < m * nb; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0.f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      r.q[b * 32 + j] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    r.d[b] = d;
+    r.s[b] = d * sum;
+  }
+  return r;
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// 16 bytes of nibbles -> 32 unsigned bytes: the low nibbles, then the high ones (ggml's order)
+inline __m256i nibbles16(const uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
+}
+
+// acc += scale * (int8 dot of unsigned weight bytes w with the x block xv), lane-wise
+inline __m256 dot_acc(__m256 acc, __m256i w, __m256i xv, __m256 scale) {
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(DPBUSD(_mm256_setzero_si256(), w, xv)), scale, acc);
+}
+
+// One weight row . one quantised x row. Every block's weights are unsigned bytes, so one
+// vpdpbusd per 32 weights; the weights' offsets (Q8_0 -128 after the sign flip, Q4_0 -8,
+// Q4_1 + m, Q4_K - dmin * min, Q6_K -32) cost a scalar (or one more dot) per block, using the
+// x block's sum.
+template <int64_t Q>
+float row_dot(const uint8_t* row, const int8_t* xq, const float* dx, const float* sx, int64_t nb32) {
+  // two accumulators (even and odd blocks or sub-blocks) halve the fma latency chain
+  __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  float offset[2] = {0.f, 0.f};
+  if constexpr (Q == kQ8_0 || Q == kQ4_0 || Q == kQ4_1) {
+    constexpr int64_t bytes = Q == kQ8_0 ? 34 : Q == kQ4_0 ? 18 : 20;
+    auto block = [&](int64_t b, int p) {
+      const uint8_t* blk = row + b * bytes;
+      const float dw = f16(blk);
+      __m256i w;
+      if constexpr (Q == kQ8_0) w = _mm256_xor_si256(load32(blk + 2), _mm256_set1_epi8(-128));
+      else w = nibbles16(blk + (Q == kQ4_1 ? 4 : 2));
+      acc[p] = dot_acc(acc[p], w, load32(xq + 32 * b), _mm256_set1_ps(dw * dx[b]));
+      if constexpr (Q == kQ8_0) offset[p] -= 128.f * dw * sx[b];
+      if constexpr (Q == kQ4_0) offset[p] -= 8.f * dw * sx[b];
+      if constexpr (Q == kQ4_1) offset[p] += f16(blk + 2) * sx[b];
+    };
+    int64_t b = 0;
+    for (; b + 1 < nb32; b += 2) {
+      block(b, 0);
+      block(b + 1, 1);
+    }
+    if (b < nb32) block(b, 0);
+  } else if constexpr (Q == kQ4_K) {
+    for (int64_t b = 0; b < nb32; b += 8, row += 144) {
+      const float d = f16(row), dmin = f16(row + 2);
+      for (int g = 0; g < 4; ++g) {
+        const __m256i qs = load32(row + 16 + 32 * g);
+        for (int h = 0; h < 2; ++h) {
+          const int64_t s = 2 * g + h;
+          float sc, mn;
+          scale_min_k4(s, row + 4, &sc, &mn);
+          const __m256i w = _mm256_and_si256(h ? _mm256_srli_epi16(qs, 4) : qs, _mm256_set1_epi8(15));
+          acc[h] = dot_acc(acc[h], w, load32(xq + 32 * (b + s)), _mm256_set1_ps(d * sc * dx[b + s]));
+          offset[h] -= dmin * mn * sx[b + s];
+        }
+      }
+    }
+  } else {  // Q6_K: 32-weight chunk c = 4 * half + k; its two 16-weight halves have their own scales
+    const __m256i thirty_two = _mm256_set1_epi8(32);
+    for (int64_t b = 0; b < nb32; b += 8, row += 210) {
+      const int8_t* sc = reinterpret_cast<const int8_t*>(row + 192);
+      const float d = f16(row + 208);
+      for (int half = 0; half < 2; ++half) {
+        const __m256i hb = load32(row + 128 + 32 * half);
+        for (int k = 0; k < 4; ++k) {
+          const int64_t c = 4 * half + k;
+          const __m256i lb = load32(row + 64 * half + 32 * (k & 1));
+          const __m256i lo = _mm256_and_si256(k >= 2 ? _mm256_srli_epi16(lb, 4) : lb, _mm256_set1_epi8(15));
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * k), _mm256_set1_epi8(3));
+          const __m256i w = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+          const __m256i xv = load32(xq + 32 * (b + c));
+          // (q - 32) . x = q . x - 32 . x, lane by lane so each lane keeps its 16-weight scale
+          const __m256i dot = _mm256_sub_epi32(DPBUSD(_mm256_setzero_si256(), w, xv),
+                                               DPBUSD(_mm256_setzero_si256(), thirty_two, xv));
+          const float s0 = d * sc[2 * c] * dx[b + c], s1 = d * sc[2 * c + 1] * dx[b + c];
+          acc[k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
+                                       acc[k & 1]);
+        }
+      }
+    }
+  }
+  return hsum(_mm256_add_ps(acc[0], acc[1])) + offset[0] + offset[1];
+}
+
+template <int64_t Q>
+void mm_rows_vnni(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, float* out) {
+  const Q8Rows xq = quantize_rows(x, m, k);
+  const int64_t nb = k / 32, rb = k / layout(Q).block * layout(Q).bytes;
+  at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t j = n0; j < n1; ++j)
+      for (int64_t i = 0; i < m; ++i)
+        out[i * n + j] = row_dot<Q>(w + j * rb, xq.q.data() + i * k, xq.d.data() + i * nb, xq.s.data() + i * nb, nb);
+  });
+}
+
+bool mm_rows_int8(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
+  switch (qtype) {
+    case kQ8_0: mm_rows_vnni<kQ8_0>(x, m, w, n, k, out); return true;
+    case kQ4_0: mm_rows_vnni<kQ4_0>(x, m, w, n, k, out); return true;
+    case kQ4_1: mm_rows_vnni<kQ4_1>(x, m, w, n, k, out); return true;
+    case kQ4_K: mm_rows_vnni<kQ4_K>(x, m, w, n, k, out); return true;
+    case kQ6_K: mm_rows_vnni<kQ6_K>(x, m, w, n, k, out); return true;
+  }
+  return false;
+}
+#else
+bool mm_rows_int8(const float*, int64_t, const uint8_t*, int64_t, int64_t, int64_t, float*) { return false; }
+#endif
+
+at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype, int64_t in_features) {
+  check_weight(weight, qtype, in_features, "gguf_mm");
+  TORCH_CHECK(weight.dim() == 2, "gguf_mm: the weight must be (out_features, row_bytes)");
+  TORCH_CHECK(x.size(-1) == in_features, "gguf_mm: x has ", x.size(-1), " features, the weight ", in_features);
+  TORCH_CHECK(x.device().is_cpu() && at::isFloatingType(x.scalar_type()), "gguf_mm: x must be a floating CPU tensor");
+  const int64_t n = weight.size(0), k = in_features, m = x.numel() / k;
+  const at::Tensor xf = x.reshape({m, k}).to(at::kFloat).contiguous();
+  const at::Tensor w = weight.contiguous();
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  at::Tensor out = at::empty({m, n}, xf.options());
+  if (m == 0) return out.reshape(shape).to(x.scalar_type());
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  if (m <= kSmallM) {
+    if (!mm_rows_int8(xf.data_ptr<float>(), m, wp, n, k, qtype, out.data_ptr<float>()))
+      mm_rows_fp32(xf.data_ptr<float>(), m, wp, n, k, qtype, out.data_ptr<float>());
+    return out.reshape(shape).to(x.scalar_type());
+  }
+  // many rows: out^T tile = dequantised W tile @ x^T, so each tile writes whole rows of out^T
+  at::Tensor out_t = at::empty({n, m}, xf.options());
+  at::Tensor tile = at::empty({std::min(kTileRows, n), k}, xf.options());
+  const int64_t rb = w.size(1);
+  for (int64_t r0 = 0; r0 < n; r0 += kTileRows) {
+    const int64_t rows = std::min(kTileRows, n - r0);
+    at::Tensor t = tile.narrow(0, 0, rows);
+    dequantize_into(wp + r0 * rb, rows, k, qtype, t.data_ptr<float>());
+    at::Tensor dst = out_t.narrow(0, r0, rows);
+    at::mm_out(dst, t, xf.t());
+  }
+  return out_t.t().reshape(shape).to(x.scalar_type());
+}
+
+}  // namespace
+
+// TORCH_LIBRARY(llmkit, ...) is llmkit/generate/decode_attention.cpp's; this file adds to that namespace
+TORCH_LIBRARY_FRAGMENT(llmkit, m) {
+  m.def("gguf_dequantize(Tensor weight, int qtype, int in_features, ScalarType dtype) -> Tensor");
+  m.def("gguf_mm(Tensor x, Tensor weight, int qtype, int in_features) -> Tensor");
+  // whether gguf_mm's few-rows path rounds x to int8 (built with VNNI) or stays in fp32
+  m.def("gguf_int8_activations() -> bool", [] { return mm_rows_int8(nullptr, 0, nullptr, 0, 0, kQ8_0, nullptr); });
+}
+
+TORCH_LIBRARY_IMPL(llmkit, CPU, m) {
+  m.impl("gguf_dequantize", &gguf_dequantize);
+  m.impl("gguf_mm", &gguf_mm);
+}
