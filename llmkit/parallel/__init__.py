@@ -1,0 +1,11 @@
+"""Sequence parallelism: one sequence's attention split over the ranks of a process group.
+
+- ``ring``: ring attention, K/V blocks passed around the ranks with an online-softmax merge.
+- ``ulysses``: DeepSpeed-Ulysses, all-to-all from sequence shards to head shards and back.
+
+Both take and return this rank's contiguous chunk of the sequence, (B, H, T/P, D).
+"""
+from llmkit.parallel.ring import ring_attention
+from llmkit.parallel.ulysses import ulysses_attention
+
+__all__ = ["ring_attention", "ulysses_attention"]
