@@ -2,10 +2,12 @@
 
 - ``ring``: ring attention, K/V blocks passed around the ranks with an online-softmax merge.
 - ``ulysses``: DeepSpeed-Ulysses, all-to-all from sequence shards to head shards and back.
+- ``model``: a whole CausalLM run sequence-parallel (``sequence_parallel``, ``shard_sequence``).
 
 Both take and return this rank's contiguous chunk of the sequence, (B, H, T/P, D).
 """
+from llmkit.parallel.model import sequence_parallel, shard_sequence
 from llmkit.parallel.ring import ring_attention
 from llmkit.parallel.ulysses import ulysses_attention
 
-__all__ = ["ring_attention", "ulysses_attention"]
+__all__ = ["sequence_parallel", "shard_sequence", "ring_attention", "ulysses_attention"]

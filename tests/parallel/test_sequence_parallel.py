@@ -1,4 +1,5 @@
-"""Ring attention and Ulysses over gloo: output and gradients equal single-process attention; memory per rank falls.
+"""Ring attention and Ulysses over gloo: output and gradients equal single-process attention; memory per rank falls;
+a whole model run sequence-parallel has the single-process loss gradients.
 
 Each world size is one ``torch.multiprocessing.spawn`` of CPU processes on
 127.0.0.1; every rank checks its own chunk against full attention computed
@@ -17,8 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import torch.nn.functional as F
+
+from llmkit import CausalLM, ModelConfig
 from llmkit.model.attention import attend
-from llmkit.parallel import ring_attention, ulysses_attention
+from llmkit.parallel import ring_attention, sequence_parallel, shard_sequence, ulysses_attention
 
 B, H, HKV, T, D = 1, 4, 2, 32, 8
 
@@ -76,11 +80,41 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 torch.testing.assert_close(out, ref[:, :, chunk], atol=1e-5, rtol=1e-5)
                 for mine, whole in zip(local, full):
                     torch.testing.assert_close(mine.grad, whole.grad[:, :, chunk], atol=1e-5, rtol=1e-5)
+        _check_model(rank, world)
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(peaks, f)
     finally:
         dist.destroy_process_group()
+
+
+def _loss(model: CausalLM, ids: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
+    return F.cross_entropy(model(ids, **kwargs).transpose(1, 2), targets, ignore_index=-100, reduction="sum")
+
+
+def _check_model(rank: int, world: int) -> None:
+    """A whole CausalLM: summed chunk losses and all-reduced weight gradients equal the single-process ones."""
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=37, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48,
+                                 max_seq_len=T, init_std=0.2))
+    ids = torch.randint(0, 37, (2, T), generator=torch.Generator().manual_seed(1))
+    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], dim=1)
+    full_loss = _loss(model, ids, targets)
+    full_loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for method in ("ring", "ulysses"):
+        local, positions = shard_sequence(ids)
+        with sequence_parallel(model, method):
+            loss = _loss(model, local, shard_sequence(targets)[0], position_ids=positions)
+        loss.backward()
+        loss = loss.detach()
+        dist.all_reduce(loss)
+        torch.testing.assert_close(loss, full_loss.detach(), atol=1e-4, rtol=1e-5)
+        for name, p in model.named_parameters():
+            dist.all_reduce(p.grad)
+            torch.testing.assert_close(p.grad, full[name], atol=1e-4, rtol=1e-4, msg=f"{method} {name}")
+        model.zero_grad()
 
 
 def _free_port() -> int:
