@@ -23,6 +23,7 @@ VERBS = {
     "train": "Pretrain or fine-tune (SFT) a model from a YAML recipe; resume with --resume OUT_DIR",
     "finetune": "Fine-tune a chat model with LoRA, QLoRA, DoRA, prefix/prompt tuning or in full; saves a PEFT adapter",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
+    "eval": "Evaluate a model: perplexity / bits per byte, multiple choice, passkey retrieval; writes results.json",
 }
 
 

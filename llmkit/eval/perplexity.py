@@ -133,3 +133,35 @@ def perplexity(model, tokenizer, text: str, *, window: int | None = None, stride
     n_bytes = len(text.encode("utf-8"))
     return PerplexityResult(perplexity=math.exp(nll / n), bits_per_byte=nll / math.log(2) / n_bytes, nll=nll / n,
                             tokens=n, bytes=n_bytes, window=window, stride=stride, windows=len(windows))
+
+
+def resolve_text(source: str) -> tuple[str, str]:
+    """``(text, description)`` of a text source: a corpus name, a file or folder, or literal text.
+
+    A corpus in :data:`llmkit.data.CORPORA` gives its held-out split (the whole corpus if it has
+    none); a path is read by :func:`llmkit.data.load_corpus` (``.txt``, a folder of them,
+    ``.jsonl``, ``.parquet``); anything else with whitespace in it is the text itself.
+
+    Raises:
+        FileNotFoundError: a single word that is neither a corpus nor a path.
+        ValueError: an empty file or corpus.
+    """
+    from pathlib import Path
+
+    from llmkit.data import CORPORA, load_corpus, split_documents
+
+    if source in CORPORA:
+        docs = load_corpus(source)
+        val = split_documents(docs, source)[1]
+        docs, description = (val, f"{source} (held-out split)") if val else (docs, source)
+    elif Path(source).expanduser().exists():
+        docs, description = load_corpus(source), source
+    elif any(c.isspace() for c in source):
+        return source, f"literal text ({len(source)} characters)"
+    else:
+        raise FileNotFoundError(f"no such file or corpus {source!r} (corpora: {', '.join(CORPORA)}); "
+                                "literal text to score must contain a space")
+    text = "\n\n".join(d.text for d in docs)
+    if not text.strip():
+        raise ValueError(f"{source} is empty: no text to score")
+    return text, description

@@ -82,3 +82,40 @@ def score_spans(model, rows: Sequence[Sequence[int]], n_targets: Sequence[int], 
             out[i] = SpanScore(logprob=float(lp.gather(-1, target[:, None]).double().sum()), n_tokens=k,
                                greedy=bool((lp.argmax(-1) == target).all()))
     return out
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``(context, continuation)`` as lm-eval-harness forms them.
+
+    Trailing spaces of the context move to the continuation, the two are encoded together and split
+    where the context's own encoding ends (so a merge across the boundary counts for the continuation),
+    and an empty context becomes the BOS (else EOS) token.
+    """
+    if not context:
+        prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        cont = tokenizer.encode(continuation, add_special_tokens=False)
+        return ([prefix], cont) if cont[:1] != [prefix] else (cont[:1], cont[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
+    n = len(tokenizer.encode(context, add_special_tokens=False))
+    return whole[:n], whole[n:]
+
+
+def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> list[SpanScore]:
+    """Log-likelihood of each continuation given its context (lm-eval's ``loglikelihood``).
+
+    A pair longer than the context keeps its last ``context + 1`` tokens, cutting the context's start.
+    """
+    ctx = context_length(model)
+    rows, ks = [], []
+    for i, (context, continuation) in enumerate(pairs):
+        left, right = encode_pair(tokenizer, context, continuation)
+        if not right:
+            raise ValueError(f"request {i}: the continuation {continuation!r} encodes to no tokens")
+        if len(right) > ctx:
+            raise ValueError(f"request {i}: the continuation has {len(right)} tokens, more than the context {ctx}")
+        rows.append((left + right)[-(ctx + 1):])
+        ks.append(len(right))
+    return score_spans(model, rows, ks, batch_size)
