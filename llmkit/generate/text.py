@@ -46,7 +46,7 @@ class GenerationResult:
         return self.texts[0]
 
 
-class _RowText:
+class RowText:
     """One row's text as its tokens arrive: detokenized incrementally, cut at stop strings."""
 
     def __init__(self, tokenizer: Tokenizer, stops: StopStrings):
@@ -84,7 +84,7 @@ class _TextGeneration:
 
     def __init__(self, tokens: TokenStream, tokenizer: Tokenizer, stops: StopStrings):
         self.tokens = tokens
-        self.rows = [_RowText(tokenizer, stops) for _ in tokens.token_ids]
+        self.rows = [RowText(tokenizer, stops) for _ in tokens.token_ids]
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         stream = self.tokens

@@ -1,0 +1,112 @@
+"""`LLM`: the offline API (vLLM's): load a model, hand it many prompts, get every output back in order."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence as Seq
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from llmkit.engine.llm_engine import LLMEngine
+from llmkit.engine.outputs import RequestOutput
+from llmkit.engine.speculative import SpeculativeConfig
+from llmkit.generate.sampling import SamplingParams
+from llmkit.model import CausalLM
+from llmkit.tokenizer import Tokenizer
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def _as_list(prompts: Any) -> list[Any]:
+    """One prompt (text, token ids, a conversation) or a list of them -> a list of prompts."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, Seq) and prompts and all(isinstance(p, int) for p in prompts):
+        return [list(prompts)]
+    if isinstance(prompts, Seq) and prompts and all(isinstance(p, Mapping) for p in prompts):
+        return [prompts]
+    return list(prompts)
+
+
+class LLM:
+    """An engine and its model, for batch generation.
+
+    Args:
+        model: a model name, HF directory or ``.gguf`` file (as ``CausalLM.from_pretrained`` and
+            ``llmkit pull`` accept), or a :class:`CausalLM` (then pass ``tokenizer``).
+        tokenizer: the tokenizer when ``model`` is a module.
+        dtype: weight dtype ("bf16", "fp32" or a torch dtype); None keeps the checkpoint's.
+        device: where to run; None = CUDA when available, else CPU.
+        compile: reserved for a compiled decode step; None picks the device's default (eager).
+        **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
+            kv_cache_memory, enable_prefix_caching, speculative).
+    """
+
+    def __init__(self, model: str | os.PathLike | CausalLM, *, tokenizer: Tokenizer | None = None,
+                 dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
+                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, block_size: int = 16,
+                 kv_cache_memory: int | str | None = None, enable_prefix_caching: bool = True,
+                 speculative: SpeculativeConfig | None = None, compile: bool | None = None):
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        if isinstance(model, CausalLM):
+            if tokenizer is None:
+                raise ValueError("pass tokenizer= with a CausalLM module")
+            if dtype is not None or device is not None:
+                model = model.to(device=device, dtype=dtype)
+        else:
+            from llmkit.generate import load_model_and_tokenizer
+
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model, loaded = load_model_and_tokenizer(model, dtype=dtype, device=device)
+            tokenizer = tokenizer or loaded
+        self.engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs,
+                                max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
+                                kv_cache_memory=kv_cache_memory, enable_prefix_caching=enable_prefix_caching,
+                                speculative=speculative)
+        self._next_id = 0
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Any, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for every prompt; outputs come back in prompt order.
+
+        Args:
+            prompts: a prompt or a list: strings, token-id lists, or conversations (lists of
+                ``{"role", "content"}`` messages, rendered with the chat template).
+            sampling_params: one :class:`SamplingParams` for all, or one per prompt; None = greedy.
+            use_tqdm: show a progress bar over finished requests.
+        Raises:
+            ValueError: a bad prompt or parameter (nothing is queued then).
+        """
+        prompts = _as_list(prompts)
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            params = [sampling_params or SamplingParams()] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
+        engine = self.engine
+        for prompt, p in zip(prompts, params):  # refuse the batch before queueing any of it
+            engine.check_request(prompt, p)
+        ids = []
+        for prompt, p in zip(prompts, params):
+            ids.append(str(self._next_id))
+            self._next_id += 1
+            engine.add_request(ids[-1], prompt, p)
+        done: dict[str, RequestOutput] = {}
+        with tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm) as bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        bar.update(1)
+        return [done[i] for i in ids]

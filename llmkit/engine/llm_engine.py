@@ -1,0 +1,315 @@
+"""`LLMEngine`: continuous batching over a paged KV cache; ``step()`` = schedule -> run the model -> postprocess.
+
+Requests arrive at any time (:meth:`LLMEngine.add_request`) and leave as soon
+as they finish or are aborted, freeing their blocks at once; every step
+batches whatever is running, prompt chunks and decodes together. The parts:
+
+- :mod:`~llmkit.engine.scheduler` picks the step's sequences and token counts
+  (chunked prefill, preemption) over :mod:`~llmkit.engine.block_manager`'s
+  blocks (prefix caching, copy-on-write);
+- :mod:`~llmkit.engine.model_runner` runs the model once over the flattened step;
+- :mod:`~llmkit.engine.sampler` chooses every row's token in one batched pass;
+- :mod:`~llmkit.engine.speculative` proposes tokens that one forward verifies;
+- here, postprocessing: tokens are appended, text is detokenized incrementally
+  with stop strings (the same rules as :func:`llmkit.generate.generate`), and
+  finished sequences release their blocks.
+
+A request with ``n > 1`` prefills once: the first token is drawn ``n`` times
+from the same logits and the extra continuations fork the prompt's blocks.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llmkit.engine import sampler
+from llmkit.engine.block_manager import BlockManager
+from llmkit.engine.memory import default_memory, parse_memory
+from llmkit.engine.model_runner import ModelRunner, block_bytes
+from llmkit.engine.outputs import CompletionOutput, RequestOutput
+from llmkit.engine.scheduler import Scheduler
+from llmkit.engine.sequence import Request, Sequence
+from llmkit.engine.speculative import SpeculativeConfig, build_proposer, verify
+from llmkit.generate.prompts import encode_prompts
+from llmkit.generate.sampling import SamplingParams
+from llmkit.generate.stop import StopStrings
+from llmkit.generate.text import RowText
+from llmkit.model import CausalLM
+from llmkit.tokenizer import Tokenizer
+
+
+@dataclass
+class _Track:
+    """Per request: its record, each continuation's text, and its random source."""
+
+    request: Request
+    texts: list[RowText]
+    generator: torch.Generator | None
+
+
+class LLMEngine:
+    """The engine over one model.
+
+    Args:
+        model: a :class:`CausalLM` in eval mode (LoRA and quantized linears inside are fine).
+        tokenizer: its tokenizer.
+        max_num_seqs: sequences decoded together at most.
+        max_num_batched_tokens: tokens per step at most (prompt chunks are cut to fit).
+        block_size: token slots per KV block.
+        kv_cache_memory: bytes (or "2GiB") for the pool; None = a share of free memory (see
+            :mod:`llmkit.engine.memory`), never more than ``max_num_seqs`` full-context sequences need.
+        enable_prefix_caching: reuse the computed blocks of common prompt prefixes.
+        speculative: speculative or lookahead decoding (:class:`SpeculativeConfig`); None = off.
+    """
+
+    def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, max_num_seqs: int = 64,
+                 max_num_batched_tokens: int = 2048, block_size: int = 16, kv_cache_memory: int | str | None = None,
+                 enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None):
+        cfg = getattr(model, "cfg", None)
+        if not isinstance(model, CausalLM):
+            raise TypeError(f"the engine runs a CausalLM, got {type(model).__name__} "
+                            "(prefix/prompt-tuned models decode with llmkit.generate)")
+        if cfg.sliding_window is not None:
+            raise ValueError("the engine does not implement sliding-window attention; decode with llmkit.generate")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_seq_len = cfg.max_seq_len
+        self.lookahead = speculative.num_tokens if speculative else 0
+        per_block = block_bytes(model, block_size, model.dtype)
+        draft = speculative.load_draft(model) if speculative else None
+        if draft is not None:
+            per_block += block_bytes(draft, block_size, draft.dtype)
+        memory = parse_memory(kv_cache_memory) if kv_cache_memory is not None else default_memory(model.device)
+        blocks_per_seq = -(-(self.max_seq_len + self.lookahead) // block_size)
+        num_blocks = min(memory // per_block, max_num_seqs * blocks_per_seq)
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one KV block ({per_block} bytes)")
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, self.lookahead)
+        self.proposer = build_proposer(speculative, draft, num_blocks, block_size) if speculative else None
+        self.tracks: dict[str, _Track] = {}
+        eos = tokenizer.eos_id
+        self.eos_ids = frozenset() if eos is None else frozenset({eos})
+        self.num_preemptions = 0
+
+    # ----- requests -----
+    def encode(self, prompt: Any) -> list[int]:
+        """Token ids of a prompt: text, a conversation (rendered with the chat template) or token ids."""
+        if isinstance(prompt, Seq) and not isinstance(prompt, str) and prompt and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            if max(prompt) >= self.model.cfg.vocab_size or min(prompt) < 0:
+                raise ValueError(f"prompt token ids must be in [0, {self.model.cfg.vocab_size})")
+            return list(prompt)
+        if not isinstance(prompt, str) and not (isinstance(prompt, Seq) and prompt
+                                                and all(isinstance(m, Mapping) for m in prompt)):
+            raise ValueError("a prompt is a string, a list of token ids or a list of {'role', 'content'} messages")
+        rows, _ = encode_prompts(self.tokenizer, prompt)
+        return rows[0]
+
+    def check_request(self, prompt: Any, params: SamplingParams | None = None) -> tuple[list[int], SamplingParams, int]:
+        """Validate a request without touching the engine's state.
+
+        Returns:
+            (prompt token ids, validated params, max tokens clipped to the context).
+        Raises:
+            ValueError: bad parameters, an unreadable or empty prompt, a prompt as long as the
+                context, or a sequence the KV pool cannot hold.
+        """
+        params = (params or SamplingParams()).validate()
+        ids = self.encode(prompt)
+        if len(ids) >= self.max_seq_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens but the model's context is {self.max_seq_len}: "
+                             "shorten the prompt")
+        max_tokens = min(params.max_tokens, self.max_seq_len - len(ids))
+        need = self.blocks.blocks_for(len(ids) + max_tokens + self.lookahead)
+        if need > self.blocks.num_blocks:
+            raise ValueError(f"the KV pool ({self.blocks.num_blocks} blocks of {self.blocks.block_size} tokens) "
+                             f"cannot hold one sequence of {len(ids) + max_tokens} tokens: raise kv_cache_memory "
+                             "or lower max_tokens")
+        return ids, params, max_tokens
+
+    def add_request(self, request_id: str, prompt: Any, params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request (see :meth:`check_request` for what is refused, with a ValueError)."""
+        if request_id in self.tracks:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        ids, params, max_tokens = self.check_request(prompt, params)
+        request = Request(request_id, prompt, ids, params, max_tokens, arrival_time or time.time())
+        stops = StopStrings(params.stop)
+        texts = [RowText(self.tokenizer, stops) for _ in range(params.n)]
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(self.model.device).manual_seed(params.seed)
+        self.tracks[request_id] = _Track(request, texts, generator)
+        seq = Sequence(request, 0, ids)
+        request.seqs.append(seq)
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; its final output (finish reason "abort"), or None if unknown."""
+        track = self.tracks.pop(request_id, None)
+        if track is None:
+            return None
+        for seq in track.request.seqs:
+            if not seq.finished:
+                self.scheduler.finish(seq)
+                seq.finish_reason = "abort"
+        track.request.metrics.finished_time = time.time()
+        return self._output(track)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.tracks)
+
+    def stats(self) -> dict[str, float]:
+        blocks = self.blocks
+        return {"num_running": len(self.scheduler.running), "num_waiting": len(self.scheduler.waiting),
+                "num_free_blocks": blocks.num_free_blocks, "num_total_blocks": blocks.num_blocks,
+                "kv_cache_usage": 1 - blocks.num_free_blocks / blocks.num_blocks,
+                "prefix_cache_hit_rate": blocks.hit_rate, "prefix_cache_queries": blocks.cache_queries,
+                "prefix_cache_hits": blocks.cache_hits, "num_preemptions": self.num_preemptions}
+
+    # ----- the step -----
+    def step(self) -> list[RequestOutput]:
+        """Run one step; the outputs of the requests that made progress (cumulative), finished ones included."""
+        plan = self.scheduler.schedule()
+        self.num_preemptions += len(plan.preempted)
+        if not plan.scheduled:
+            return []
+        self.runner.copy_blocks(plan.copies)
+        if self.proposer is not None:
+            self.proposer.copy_blocks(plan.copies)
+        now = time.time()
+        for seq, _ in plan.scheduled:
+            if seq.request.metrics.first_scheduled_time is None:
+                seq.request.metrics.first_scheduled_time = now
+        drafts = self._propose([seq for seq, n in plan.scheduled if n == seq.num_uncomputed == 1])
+        feeds = []
+        for seq, n in plan.scheduled:
+            start = seq.num_computed_tokens
+            extra = drafts.get(seq.seq_id, ([], None))[0]
+            wanted = 1 + len(extra) if start + n == seq.num_tokens else 0
+            feeds.append((seq.block_table, start, seq.token_ids[start:start + n] + extra, wanted))
+        logits = self.runner.run(feeds)
+        for seq, n in plan.scheduled:
+            seq.num_computed_tokens += n
+            self.blocks.mark_computed(seq)  # before a finished sequence frees them: later prompts may reuse them
+        progressed = self._postprocess([(seq, lg) for (seq, _), lg in zip(plan.scheduled, logits)], drafts)
+        return [self._output(self.tracks.pop(rid) if self.tracks[rid].request.finished else self.tracks[rid])
+                for rid in progressed]
+
+    def _propose(self, seqs: list[Sequence]) -> dict[int, tuple[list[int], torch.Tensor | None]]:
+        """Speculative drafts (and the draft's probabilities, if it samples) of the decoding sequences that take them."""
+        if self.proposer is None:
+            return {}
+        eligible = [s for s in seqs if not s.params.penalised and len(s.request.seqs) == s.params.n]
+        if not eligible:
+            return {}
+        room = [min(self.lookahead, s.request.max_tokens - s.num_output_tokens - 1,
+                    self.max_seq_len - s.num_tokens - 1) for s in eligible]
+        return {s.seq_id: d for s, d, r in zip(eligible, self.proposer.propose(eligible, room), room) if r > 0}
+
+    def _postprocess(self, results: list[tuple[Sequence, torch.Tensor]],
+                     drafts: dict[int, tuple[list[int], torch.Tensor | None]]) -> list[str]:
+        """Choose tokens for every sequence that has logits; append them; return the progressed request ids."""
+        plain, spec = [], []
+        for seq, lg in results:
+            if lg.shape[0] == 0:
+                continue
+            (spec if seq.seq_id in drafts and drafts[seq.seq_id][0] else plain).append((seq, lg))
+        progressed: dict[str, None] = {}
+        # plain rows: one token each, or n for a request's first token (its continuations fork here)
+        rows, params, histories, generators, owners = [], [], [], [], []
+        for seq, lg in plain:
+            copies = seq.params.n if len(seq.request.seqs) < seq.params.n else 1
+            for _ in range(copies):
+                rows.append(lg[-1])
+                params.append(seq.params)
+                histories.append((seq.token_ids[:seq.num_prompt_tokens], seq.output_token_ids))
+                generators.append(self.tracks[seq.request.request_id].generator)
+                owners.append(seq)
+        if rows:
+            raw = torch.stack(rows)
+            tokens = sampler.sample(sampler.process(raw, params, histories), params, generators)
+            logprobs = self._logprobs(raw, tokens, params)
+            i = 0
+            while i < len(owners):
+                seq = owners[i]
+                copies = seq.params.n if len(seq.request.seqs) < seq.params.n else 1
+                for j in range(1, copies):
+                    self._fork(seq, j, int(tokens[i + j]), logprobs[i + j])
+                self._append(seq, [int(tokens[i])], [logprobs[i]])
+                progressed[seq.request.request_id] = None
+                i += copies
+        for seq, lg in spec:
+            proposed, q = drafts[seq.seq_id]
+            track = self.tracks[seq.request.request_id]
+            processed = sampler.process(lg, [seq.params] * lg.shape[0], [((), ())] * lg.shape[0])
+            accepted = verify(processed, proposed, seq.params.greedy, q, track.generator)
+            metrics = seq.request.metrics
+            metrics.spec_proposed_tokens += len(proposed)
+            metrics.spec_accepted_tokens += len(accepted) - 1
+            metrics.spec_target_steps += 1
+            seq.num_computed_tokens += len(accepted) - 1  # the accepted drafts' K/V are valid
+            if self.proposer is not None:
+                self.proposer.rollback(seq)
+            chosen = torch.tensor(accepted, device=lg.device)
+            logprobs = self._logprobs(lg[:len(accepted)], chosen, [seq.params] * len(accepted))
+            self._append(seq, accepted, logprobs)
+            progressed[seq.request.request_id] = None
+        return list(progressed)
+
+    @staticmethod
+    def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, params: list[SamplingParams]) -> list[dict[int, float] | None]:
+        if all(p.logprobs is None for p in params):
+            return [None] * len(params)
+        return sampler.top_logprobs(raw, tokens, [p.logprobs or 0 for p in params])
+
+    def _fork(self, parent: Sequence, index: int, token: int, logprobs: dict[int, float] | None) -> None:
+        child = Sequence(parent.request, index, parent.token_ids)
+        parent.request.seqs.append(child)
+        self.blocks.fork(parent, child)
+        self.scheduler.add_running(child)
+        self._append(child, [token], [logprobs])
+
+    def _append(self, seq: Sequence, tokens: list[int], logprobs: list[dict[int, float] | None]) -> None:
+        """Add generated tokens one by one until one ends the sequence (the rest are dropped)."""
+        track = self.tracks[seq.request.request_id]
+        params, text = seq.params, track.texts[seq.index]
+        metrics = seq.request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = time.time()
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
+        for token, lp in zip(tokens, logprobs):
+            seq.token_ids.append(token)
+            if lp is not None:
+                seq.logprobs.append(lp)
+            reason = None
+            if token in stop_ids:
+                reason = "stop"
+                text.close()
+            elif text.add(token):
+                reason = "stop"
+            elif seq.num_output_tokens >= seq.request.max_tokens:
+                reason = "length"
+                text.close()
+            if reason:
+                seq.finish_reason = reason
+                self.scheduler.finish(seq)
+                if seq.request.finished:
+                    metrics.finished_time = time.time()
+                return
+
+    def _output(self, track: _Track) -> RequestOutput:
+        request = track.request
+        outputs = []
+        for seq in request.seqs:
+            text = track.texts[seq.index]
+            shown = text.text if seq.finished else text.text[:len(text.text) - text.stops.holdback(text.text)]
+            outputs.append(CompletionOutput(seq.index, shown, seq.output_token_ids, seq.finish_reason,
+                                            list(seq.logprobs) if request.params.logprobs is not None else None))
+        return RequestOutput(request.request_id, request.prompt, request.prompt_token_ids, outputs,
+                             request.finished or all(o.finish_reason == "abort" for o in outputs), request.metrics)

@@ -1,0 +1,98 @@
+"""Turns a step's scheduled sequences into one flattened model call over the paged KV pool.
+
+The runner owns the pool (one :class:`~llmkit.model.paged.PagedKVCache` per
+layer, or MLA's latent pools), allocated once as ``num_blocks`` blocks. For
+a step it lays the sequences' new tokens end to end in one row (decodes
+first, so attention can batch them), with each token's position, the pool
+slot its K/V go to, and each sequence's block table and context length, and
+asks the model for logits only where a token will be chosen: the last
+position of a sequence whose known tokens are all fed, or every position of a
+speculative verification.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import torch
+
+from llmkit.model import CausalLM
+from llmkit.model.metadata import PagedMetadata
+from llmkit.model.paged import PagedKVCache, PagedLatentCache
+
+Feed = tuple[list[int], int, list[int], int]  # (block table, first position, token ids, logits wanted)
+
+
+def block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one block takes in the pools of every layer of ``model``."""
+    cfg = model.cfg
+    per_token = (cfg.kv_lora_rank + cfg.qk_rope_head_dim if cfg.attention == "mla"
+                 else 2 * cfg.kv_heads * cfg.head_size)
+    return cfg.n_layers * block_size * per_token * dtype.itemsize
+
+
+class ModelRunner:
+    """The model plus its paged KV pool.
+
+    Args:
+        model: a :class:`CausalLM` in eval mode.
+        num_blocks: blocks in the pool.
+        block_size: token slots per block.
+    """
+
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int):
+        cfg = model.cfg
+        self.model, self.block_size = model, block_size
+        self.device, dtype = model.device, model.dtype
+        if cfg.attention == "mla":
+            self.caches = [PagedLatentCache(num_blocks, block_size, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype,
+                                            self.device) for _ in range(cfg.n_layers)]
+        else:
+            self.caches = [PagedKVCache(num_blocks, block_size, cfg.kv_heads, cfg.head_size, cfg.head_size, dtype,
+                                        self.device) for _ in range(cfg.n_layers)]
+
+    def copy_blocks(self, copies: Seq[tuple[int, int]]) -> None:
+        """Copy-on-write: block ``src``'s slots to block ``dst`` in every layer's pools."""
+        for src, dst in copies:
+            for cache in self.caches:
+                for pool in cache.tensors():
+                    pool[dst].copy_(pool[src])
+
+    @torch.no_grad()
+    def run(self, feeds: Seq[Feed]) -> list[torch.Tensor]:
+        """One forward over every feed.
+
+        Args:
+            feeds: (block table, start, tokens, logits wanted): the tokens take positions
+                ``start`` on (their slots must be allocated, every earlier position cached);
+                logits are returned for the last ``logits wanted`` of them.
+        Returns:
+            Per feed, (logits wanted, V) float32 logits, in the order of ``feeds``.
+        """
+        order = sorted(range(len(feeds)), key=lambda i: len(feeds[i][2]) != 1)  # decodes first
+        bs = self.block_size
+        ids, positions, slots, tables, lens, qlens, keep = [], [], [], [], [], [], []
+        for i in order:
+            table, start, tokens, wanted = feeds[i]
+            ids += tokens
+            span = range(start, start + len(tokens))
+            positions += span
+            slots += [table[p // bs] * bs + p % bs for p in span]
+            tables.append(table)
+            lens.append(start + len(tokens))
+            qlens.append(len(tokens))
+            keep += range(len(ids) - wanted, len(ids))
+        width = max(map(len, tables))
+        table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        dev = self.device
+        paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
+                              torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
+                              sum(1 for q in qlens if q == 1))
+        logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
+                            paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
+        out: list[torch.Tensor] = [None] * len(feeds)  # type: ignore[list-item]
+        row = 0
+        for i in order:
+            wanted = feeds[i][3]
+            out[i] = logits[row:row + wanted]
+            row += wanted
+        return out
