@@ -82,14 +82,17 @@ class ConversationBatches:
     The order of epoch ``e`` is ``default_rng([seed, e]).permutation`` (or the dataset order without
     ``shuffle``); each step takes ``batch_size * world_size`` items and rank ``r`` the ``r``-th slice,
     as :class:`~llmkit.data.loader.PackedLoader` does. The incomplete final global batch is dropped.
+    ``collate`` turns the drawn items into the batch (default: :func:`llmkit.data.sft.collate` with
+    ``pad_id``); alignment loops pass their own for preference pairs or prompts.
     """
 
     def __init__(self, items, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pad_id: int = 0, shuffle: bool = True):
+                 pad_id: int = 0, shuffle: bool = True, collate: Callable[[list], Any] | None = None):
         if len(items) < batch_size * world_size:
             raise ValueError(f"{len(items)} conversations cannot fill one global batch of {batch_size * world_size}")
         self.items, self.batch_size, self.seed = items, batch_size, seed
         self.rank, self.world_size, self.pad_id, self.shuffle = rank, world_size, pad_id, shuffle
+        self.collate = collate
         self.epoch = self.step = 0
         self.steps_per_epoch = len(items) // (batch_size * world_size)
 
@@ -105,7 +108,8 @@ class ConversationBatches:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
         first = (self.step * self.world_size + self.rank) * self.batch_size
         self.step += 1
-        return collate([self.items[int(i)] for i in order[first:first + self.batch_size]], self.pad_id)
+        drawn = [self.items[int(i)] for i in order[first:first + self.batch_size]]
+        return self.collate(drawn) if self.collate else collate(drawn, self.pad_id)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "batch_size": self.batch_size,

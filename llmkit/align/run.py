@@ -1,0 +1,231 @@
+"""An alignment run: load, attach LoRA, build data and the method's objective, train, evaluate, report.
+
+Steps of :func:`align`:
+
+1. the policy and tokenizer from ``model`` (any name :func:`~llmkit.io.pull.resolve_model`
+   takes); for ``reward`` the LM head becomes a scalar head (:class:`RewardModel`);
+2. ``peft=lora``: LoRA on every linear layer; the reference (DPO, KTO, GRPO's KL)
+   is the same model with the adapters off. ``peft=none``: all weights train and
+   the reference is a frozen copy;
+3. the data (a file or a built-in set) and its held-out split, tokenised up
+   front so bad records fail before any training (file, line, field);
+4. an :class:`~llmkit.align.trainer.AlignTrainer` over the method's objective:
+   held-out metrics before, training (checkpoints in ``out_dir/train``; the
+   same command with ``--resume`` continues exactly), held-out metrics after;
+5. ``out_dir``: ``adapter/`` (LoRA, peft's format: loads in ``llmkit chat``/``generate``
+   with the base model) or ``model/``; ``reward_model.safetensors`` for
+   ``reward``; ``curves.png``, ``report.md`` and ``align.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmkit.align.builtin import PREFERENCE_SETS, arithmetic_reward, arithmetic_set, preference_set
+from llmkit.align.config import AlignConfig
+from llmkit.align.data import encode_kto, encode_pairs, read_kto, read_preferences, read_prompts
+from llmkit.align.objectives import KTOObjective, PreferenceObjective, RewardObjective, kto_collate
+from llmkit.align.online import GRPOObjective, RewardFn, sample
+from llmkit.align.report import plot_align_curves, write_report
+from llmkit.align.reward import RewardModel
+from llmkit.align.trainer import AlignTrainer
+from llmkit.data.sft import collate_preference
+from llmkit.generate import load_model_and_tokenizer
+from llmkit.io.pull import resolve_model
+from llmkit.peft import apply_lora
+from llmkit.train import Data, TrainConfig
+from llmkit.train.checkpoint import latest_checkpoint
+from llmkit.train.data import ConversationBatches
+
+VAL_PROMPTS = 64  # held-out arithmetic problems
+HOLD_OUT = 0.1  # share of a data file held out when no val_data is given
+
+
+@dataclass
+class Records:
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    source: str
+
+
+def load_records(cfg: AlignConfig) -> Records:
+    """Training and held-out records for ``cfg.method`` from ``cfg.data`` / ``cfg.val_data`` or a built-in set."""
+    name = cfg.data_name
+    if cfg.method == "grpo":
+        if name == "arithmetic":
+            return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
+                           arithmetic_set(VAL_PROMPTS, "val", seed=cfg.seed), name)
+        reader = read_prompts
+    elif name in PREFERENCE_SETS:
+        train, val = preference_set(name, "train", cfg.seed), preference_set(name, "val", cfg.seed)
+        if cfg.val_data:
+            val = read_preferences(cfg.val_data)
+        if cfg.method == "kto":  # unpaired: each pair gives one desirable and one undesirable example
+            train, val = _unpair(train), _unpair(val)
+        return Records(train, val, name)
+    else:
+        reader = read_kto if cfg.method == "kto" else read_preferences
+    train = reader(name)
+    if cfg.val_data:
+        return Records(train, reader(cfg.val_data), name)
+    n_val = max(1, int(len(train) * HOLD_OUT))
+    return Records(train[:-n_val], train[-n_val:], name)
+
+
+def _unpair(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """KTO examples from pairs: the chosen answer of even pairs (desirable), the rejected of odd ones."""
+    return [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 == 0 else p["rejected"],
+             "label": i % 2 == 0, "where": p["where"]} for i, p in enumerate(pairs)]
+
+
+def build_policy(cfg: AlignConfig) -> tuple[nn.Module, Any, Path]:
+    """(model with LoRA if asked, tokenizer, resolved source); fp32 on the CPU."""
+    source = resolve_model(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(source)
+    model = model.float()
+    torch.manual_seed(cfg.seed)
+    if cfg.method == "reward":
+        model = RewardModel(model)
+    if cfg.peft == "lora":
+        model = apply_lora(model, "all-linear", cfg.r, cfg.alpha, cfg.lora_dropout)
+        if cfg.method == "reward":
+            model.score.requires_grad_(True)  # the new head trains in full
+    return model, tokenizer, source
+
+
+def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: RewardFn | None = None) -> Any:
+    """The method's objective; a frozen copy of the starting model is the reference when there is no LoRA.
+
+    ``reward_fn(record, text)`` scores GRPO's completions; default: :func:`arithmetic_reward` against the
+    record's ``answer``.
+    """
+    needs_ref = cfg.method in ("dpo", "kto", "grpo")
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref and cfg.peft == "none" else None
+    beta = cfg.method_beta
+    if cfg.method == "reward":
+        return RewardObjective(cfg.eval_batches)
+    if cfg.method in ("dpo", "orpo", "simpo"):
+        return PreferenceObjective(cfg.method, beta, cfg.loss_type, cfg.label_smoothing, cfg.gamma, ref,
+                                   cfg.eval_batches)
+    if cfg.method == "kto":
+        return KTOObjective(beta, cfg.desirable_weight, cfg.undesirable_weight, ref, cfg.eval_batches)
+    reward_fn = reward_fn or (lambda rec, text: arithmetic_reward(text, rec["answer"] or ""))
+    return GRPOObjective(tokenizer, reward_fn, cfg.group_size,
+                         cfg.max_new_tokens, cfg.temperature, beta, cfg.epsilon_low, cfg.epsilon_high,
+                         cfg.grpo_loss_type, cfg.scale_rewards, cfg.seq_len, cfg.seed, ref, cfg.eval_batches)
+
+
+def build_data(cfg: AlignConfig, records: Records, tokenizer) -> tuple[Data, list[Any]]:
+    """(the Trainer's data, the held-out batches)."""
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    bs = cfg.batch_size
+    if cfg.method == "grpo":
+        items, val = records.train, records.val
+        collate = list
+    elif cfg.method == "kto":
+        items, val = (encode_kto(r, tokenizer, cfg.seq_len) for r in (records.train, records.val))
+        def collate(b):
+            return kto_collate(b, cfg.seq_len, pad)
+    else:
+        items, val = (encode_pairs(r, tokenizer, cfg.seq_len) for r in (records.train, records.val))
+        def collate(b):
+            return collate_preference(b, pad)
+    if len(items) < bs:
+        raise ValueError(f"{records.source}: {len(items)} training examples cannot fill one batch of {bs}")
+    val_batches = [collate(val[i:i + bs]) for i in range(0, len(val), bs)]
+    return Data(ConversationBatches(items, bs, cfg.seed, collate=collate), tokenizer=tokenizer), val_batches
+
+
+def train_config(cfg: AlignConfig, source: Path) -> TrainConfig:
+    out = Path(cfg.out_dir)
+    lr = cfg.method_lr
+    return TrainConfig(task="sft", model=str(source), tokenizer=str(source), data=cfg.data_name,
+                       seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                       max_steps=cfg.max_steps, lr=lr, min_lr=lr / 10, warmup_steps=cfg.warmup_steps,
+                       schedule=cfg.schedule, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
+                       save_every=cfg.save_every, keep_last=1, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+                       plot=False, out_dir=str(out / "train"),
+                       export_dir=str(out / ("adapter" if cfg.peft == "lora" else "model")))
+
+
+def _samples(cfg: AlignConfig, model: nn.Module, tokenizer, val: list[dict[str, Any]]) -> list[str]:
+    if cfg.method == "reward" or not cfg.samples:
+        return []
+    texts, _ = sample(model, tokenizer, val[:cfg.samples], n=1, max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                      seed=None)
+    return texts
+
+
+def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any] | None:
+    """Run ``cfg``; returns the report (also ``out_dir/align.json``), or None when interrupted.
+
+    Args:
+        cfg: the run.
+        reward_fn: GRPO only: ``reward_fn(record, completion_text) -> float``; default: the
+            arithmetic verifier (``Answer: <number>`` equal to the record's ``answer``).
+
+    Raises:
+        FileNotFoundError, ValueError (:class:`~llmkit.align.data.DataError` for bad records): before training.
+    """
+    cfg = cfg.validate()
+    out = Path(cfg.out_dir)
+    if latest_checkpoint(out / "train") is not None and not cfg.resume:
+        raise ValueError(f"{out} already holds an alignment run: continue it with --resume (and a larger "
+                         "--max_steps), or choose another --out_dir")
+    records = load_records(cfg)
+    model, tokenizer, source = build_policy(cfg)
+    data, val_batches = build_data(cfg, records, tokenizer)
+    objective = build_objective(cfg, model, tokenizer, reward_fn)
+    before_samples = _samples(cfg, model, tokenizer, records.val)
+    trainer = AlignTrainer(objective, train_config(cfg, source), model=model, data=data, resume=cfg.resume,
+                           val_batches=(lambda: val_batches) if val_batches else None)
+    try:
+        before = trainer.evaluate()
+        print(f"llmkit align: before: {_line(before)}", flush=True)
+        start = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - start
+        after = {} if result.interrupted else result.eval or trainer.evaluate()
+    finally:
+        trainer.close()
+    if result.interrupted:
+        print("llmkit align: interrupted; the same command with --resume continues", flush=True)
+        return None
+    print(f"llmkit align: after:  {_line(after)}", flush=True)
+    if isinstance(model, RewardModel):
+        model.save(out / "reward_model.safetensors")
+    after_samples = _samples(cfg, model, tokenizer, records.val)
+    report = {"config": cfg.to_dict(), "data": records.source, "base_model": str(source), "steps": result.step,
+              "train_seconds": round(seconds, 1), "val_items": len(records.val), "before": before, "after": after,
+              "samples": [{"prompt": r["prompt"][-1]["content"], "before": b, "after": a}
+                          for r, b, a in zip(records.val, before_samples, after_samples)]}
+    (out / "align.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    if cfg.plot:
+        plot_align_curves(_read_metrics(out / "train" / "metrics.jsonl"), out / "curves.png")
+    write_report(out / "report.md", report, _command(cfg))
+    print(f"llmkit align: wrote {out / 'report.md'}, {out / 'align.json'}", flush=True)
+    return report
+
+
+def _command(cfg: AlignConfig) -> str:
+    """The command line that ran (from the CLI), or the config (from the library)."""
+    if sys.argv[1:2] == ["align"]:
+        return "llmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return f"llmkit.align.align({cfg!r})"
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) or "(no held-out data)"
