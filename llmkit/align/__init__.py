@@ -11,7 +11,13 @@ those log-probs from a model live apart from them.
 - ``grpo.py``: group-relative advantages and the GRPO/BNPO/Dr. GRPO/DAPO losses.
 - ``distill.py``: forward/reverse KL and generalised JSD distillation, GKD's on-policy mix.
 - ``ops.py``: masked means and token log-probs shared by all of them.
+
+The loops: ``logps.py`` (completion and reference log-probs), ``data.py`` (jsonl
+readers), ``builtin.py`` (offline sets), ``objectives.py`` / ``online.py`` (what
+each method computes per batch), ``trainer.py`` (the Trainer with that objective),
+``run.py`` (:func:`align`, the whole run; the CLI is ``llmkit align METHOD``).
 """
+from llmkit.align.config import AlignConfig
 from llmkit.align.distill import gkd_on_policy, jsd_loss, kd_loss, reverse_kl_loss
 from llmkit.align.dpo import DPO_LOSSES, dpo_loss
 from llmkit.align.grpo import grpo_advantages, grpo_loss, k3_kl
@@ -19,11 +25,12 @@ from llmkit.align.kto import kto_loss
 from llmkit.align.orpo import orpo_loss
 from llmkit.align.ppo import (AdaptiveKLController, entropy_bonus, gae, kl_penalty_rewards, ppo_policy_loss,
                               ppo_value_loss)
-from llmkit.align.reward import reward_loss
+from llmkit.align.reward import RewardModel, reward_loss
+from llmkit.align.run import align
 from llmkit.align.simpo import simpo_loss
 
 __all__ = [
-    "DPO_LOSSES", "AdaptiveKLController", "dpo_loss", "entropy_bonus", "gae", "gkd_on_policy", "grpo_advantages",
+    "DPO_LOSSES", "AdaptiveKLController", "AlignConfig", "RewardModel", "align", "dpo_loss", "entropy_bonus", "gae", "gkd_on_policy", "grpo_advantages",
     "grpo_loss", "jsd_loss", "k3_kl", "kd_loss", "kl_penalty_rewards", "kto_loss", "orpo_loss", "ppo_policy_loss",
     "ppo_value_loss", "reverse_kl_loss", "reward_loss", "simpo_loss",
 ]

@@ -56,6 +56,10 @@ class RewardModel(nn.Module):
         """The backbone's config, untied: the head is a separate module (what the Trainer's checkpoints record)."""
         return self.backbone.cfg.replace(tie_word_embeddings=False)
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """The output head (the score), which LoRA's ``all-linear`` leaves alone as it does an LM head."""
+        return self.score
+
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Scores (B,) of right-padded sequences ``input_ids`` (B, T) with ``lengths`` (B,) real tokens each."""
         hidden = self.backbone(input_ids)  # (B, T, dim)

@@ -22,6 +22,7 @@ VERBS = {
     "chat": "Chat with a model in the terminal using its chat template",
     "train": "Pretrain or fine-tune (SFT) a model from a YAML recipe; resume with --resume OUT_DIR",
     "finetune": "Fine-tune a chat model with LoRA, QLoRA, DoRA, prefix/prompt tuning or in full; saves a PEFT adapter",
+    "align": "Align a model by preference (reward model, DPO family, ORPO, SimPO, KTO) or RL (GRPO), with LoRA",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
     "eval": "Evaluate a model: perplexity / bits per byte, multiple choice, passkey retrieval; writes results.json",
 }
