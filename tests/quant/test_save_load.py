@@ -1,0 +1,64 @@
+"""save_pretrained -> from_pretrained for every scheme: same layers, identical logits, no float weights."""
+import copy
+import json
+
+import pytest
+import torch
+
+from llmkit import CausalLM
+from llmkit.io import CheckpointError
+from llmkit.quant import QUANT_SCHEMES, QuantLinear, quantize
+
+OPTIONS = {name: ({"group_size": 32} if "group_size" in s.defaults else {}) for name, s in QUANT_SCHEMES.items()}
+
+
+@pytest.fixture(scope="module")
+def base():
+    from tests.quant.conftest import TINY
+
+    torch.manual_seed(0)
+    return CausalLM(TINY).eval()
+
+
+@pytest.mark.parametrize("name", list(QUANT_SCHEMES))
+def test_save_load_gives_identical_logits(name, base, tmp_path):
+    calib = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(2))
+    q = quantize(copy.deepcopy(base), name, calib if QUANT_SCHEMES[name].calibrated else None, **OPTIONS[name])
+    q.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert config == q.quantization_config and config["quant_method"] == name
+    loaded = CausalLM.from_pretrained(tmp_path)
+    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(loaded(ids), q(ids))
+    layers = [type(m) for m in loaded.modules() if isinstance(m, QuantLinear)]
+    assert layers == [type(m) for m in q.modules() if isinstance(m, QuantLinear)]
+    # the quantised weights arrive as they were stored: no float copy of a block linear
+    floats = [n for n, t in loaded.state_dict().items() if "layers" in n and t.is_floating_point()
+              and t.element_size() > 1 and t.dim() == 2 and min(t.shape) > 2]
+    assert not floats
+
+
+def test_bf16_load_keeps_int_codes_and_casts_scales(base, tmp_path):
+    quantize(copy.deepcopy(base), "int8").save_pretrained(tmp_path)
+    loaded = CausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    layer = loaded.model.layers[0].mlp.up_proj
+    assert layer.weight.dtype == torch.int8 and layer.scales.dtype == torch.bfloat16
+    assert layer.compute_dtype == torch.bfloat16 and loaded.dtype == torch.bfloat16
+
+
+def test_a_mismatched_quantized_checkpoint_is_a_clear_error(base, tmp_path):
+    quantize(copy.deepcopy(base), "int4", group_size=32).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    raw = json.loads(path.read_text())
+    raw["quantization_config"]["group_size"] = 64
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"scales_and_zeros has shape .* \(does quantization_config match"):
+        CausalLM.from_pretrained(tmp_path)
+    raw["quantization_config"] = {"quant_method": "int5"}
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="unknown quantization scheme 'int5'"):
+        CausalLM.from_pretrained(tmp_path)
+    raw["quantization_config"] = {"quant_method": "int4", "group_size": 48}
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="q_proj: group_size=48"):
+        CausalLM.from_pretrained(tmp_path)
