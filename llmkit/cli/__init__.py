@@ -25,6 +25,7 @@ VERBS = {
     "align": "Align a model by preference (reward model, DPO family, ORPO, SimPO, KTO) or RL (GRPO), with LoRA",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
     "eval": "Evaluate a model: perplexity / bits per byte, multiple choice, passkey retrieval; writes results.json",
+    "summarize": "Summarise a text file of any length (map-reduce, refine, map-rerank) with a model or an endpoint",
 }
 
 
