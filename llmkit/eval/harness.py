@@ -45,7 +45,7 @@ class LlmkitLM(LM):
     Args:
         pretrained: a model name, HF directory or ``.gguf`` file.
         dtype: ``float32`` / ``bfloat16`` / ``float16`` (and their short names).
-        device: where to run; default CUDA when available.
+        device: where to run; default (and for ``cuda`` on a machine without it) CUDA when available, else CPU.
         batch_size: sequences per forward pass (lm_eval's ``--batch_size``; ``auto`` means 8).
         max_gen_toks: default token budget of ``generate_until`` requests.
     """
@@ -57,7 +57,8 @@ class LlmkitLM(LM):
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's CLI asks for cuda by default
         self.model, self.tokenizer = load_model_and_tokenizer(str(pretrained), dtype=DTYPES[dtype], device=device)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
         self.max_gen_toks = int(max_gen_toks)
