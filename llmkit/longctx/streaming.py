@@ -38,6 +38,8 @@ from llmkit.longctx.sampling import check_sampling, next_token
 from llmkit.model import CausalLM
 from llmkit.model.rope import apply_rope
 
+_SCORE_BLOCK = 1024  # tokens scored per feed in streaming_nll
+
 
 class StreamingLLM:
     """Runs ``model`` over an unbounded token stream with a KV cache of ``sinks + window`` slots.
@@ -47,17 +49,20 @@ class StreamingLLM:
         window: recent tokens kept, the current one included (> 0).
         sinks: first tokens kept forever (StreamingLLM uses 4; 0 = plain sliding window).
         batch_size: rows fed in lockstep.
+        chunk: tokens per forward once the cache is full (<= window). 1 is StreamingLLM exactly; more
+            is faster, at the price that the i-th token of a chunk sees ``chunk - 1 - i`` fewer window tokens.
     """
 
-    def __init__(self, model: CausalLM, window: int, sinks: int = 4, batch_size: int = 1):
+    def __init__(self, model: CausalLM, window: int, sinks: int = 4, batch_size: int = 1, chunk: int = 1):
         cfg = model.cfg
-        if window < 1 or sinks < 0:
-            raise ValueError(f"need window >= 1 and sinks >= 0, got window={window}, sinks={sinks}")
+        if window < 1 or sinks < 0 or not 1 <= chunk <= window:
+            raise ValueError(f"need window >= 1, sinks >= 0 and 1 <= chunk <= window; got window={window}, "
+                             f"sinks={sinks}, chunk={chunk}")
         if cfg.pos_embedding not in ("rope", "none") or cfg.rope_scaling == "dynamic" or cfg.attention != "mha":
             raise ValueError("StreamingLLM needs standard attention with RoPE (static scaling) or no positions; "
                              f"got attention={cfg.attention!r}, pos_embedding={cfg.pos_embedding!r}, "
                              f"rope_scaling={cfg.rope_scaling!r}")
-        self.model, self.window, self.sinks, self.batch_size = model, window, sinks, batch_size
+        self.model, self.window, self.sinks, self.batch_size, self.chunk = model, window, sinks, batch_size, chunk
         self.capacity = sinks + window
         self.reset()
 
@@ -84,13 +89,13 @@ class StreamingLLM:
         return apply_rope(k.float(), cos / rope.attention_factor, sin / rope.attention_factor,
                           layout=self.model.cfg.rope_layout).to(k.dtype)
 
-    def _evict_one(self) -> None:
-        """Drop the oldest window token and move the sinks to sit right before the new oldest one."""
+    def _evict(self, n: int) -> None:
+        """Drop the ``n`` oldest window tokens and move the sinks to sit right before the new oldest one."""
         s, c = self.sinks, self.capacity
-        oldest = self.seen - self.window + 1  # stream position of the oldest token kept after this step
+        oldest = self.seen + n - self.window  # stream position of the oldest token kept after this step
         for i, cache in enumerate(self._caches()):
             for buf in (cache.k, cache.v):
-                buf[:, :, s:c - 1] = buf[:, :, s + 1:c].clone()
+                buf[:, :, s:c - n] = buf[:, :, s + n:c].clone()
             if s:
                 cache.k[:, :, :s] = self._rotate(self._sink_keys[i], oldest - s)
 
@@ -106,8 +111,8 @@ class StreamingLLM:
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """Append tokens to the stream and return their next-token logits.
 
-        Tokens that still fit go through in one forward; after that, one token per forward,
-        each evicting the oldest window token.
+        Tokens that still fit go through in one forward; after that, ``chunk`` tokens per forward,
+        each forward evicting as many of the oldest window tokens.
 
         Args:
             ids: (B, T) token ids, B = ``batch_size``.
@@ -121,10 +126,11 @@ class StreamingLLM:
         fit = min(ids.shape[1], self.capacity - self.cached)
         if fit:
             out.append(self._forward(ids[:, :fit], torch.arange(self.seen, self.seen + fit, device=device)))
-        last = torch.tensor([self.capacity - 1], device=device)
-        for t in range(fit, ids.shape[1]):
-            self._evict_one()
-            out.append(self._forward(ids[:, t:t + 1], last))
+        for t in range(fit, ids.shape[1], self.chunk):
+            piece = ids[:, t:t + self.chunk]
+            n = piece.shape[1]
+            self._evict(n)
+            out.append(self._forward(piece, torch.arange(self.capacity - n, self.capacity, device=device)))
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
@@ -141,22 +147,20 @@ class StreamingLLM:
         return torch.cat(out, dim=1)
 
 
-def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 4, chunk: int = 1024) -> torch.Tensor:
+def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 4, chunk: int = 1) -> torch.Tensor:
     """Negative log-likelihood of every token of a long stream under StreamingLLM.
 
     Args:
         model: the language model.
         ids: (B, T) token ids.
-        window, sinks: the cache (see :class:`StreamingLLM`).
-        chunk: tokens handed to :meth:`StreamingLLM.feed` at a time (bounds the logits held).
+        window, sinks, chunk: the cache and its step (see :class:`StreamingLLM`).
     Returns:
         (B, T - 1) float32: ``nll[:, t]`` = -log p(ids[:, t + 1] | the cache after ids[:, t]).
     """
-    stream = StreamingLLM(model, window, sinks, batch_size=ids.shape[0])
+    stream = StreamingLLM(model, window, sinks, batch_size=ids.shape[0], chunk=chunk)
     nll = []
-    for start in range(0, ids.shape[1] - 1, chunk):
-        piece = ids[:, start:start + chunk]
-        targets = ids[:, start + 1:start + chunk + 1]
-        logits = stream.feed(piece)[:, :targets.shape[1]].float()
+    for start in range(0, ids.shape[1] - 1, _SCORE_BLOCK):  # bounds the logits held at once
+        targets = ids[:, start + 1:start + _SCORE_BLOCK + 1]
+        logits = stream.feed(ids[:, start:start + targets.shape[1]]).float()
         nll.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
     return torch.cat(nll, dim=1)

@@ -34,6 +34,17 @@ def test_each_step_is_attention_over_sinks_plus_window_at_cache_positions(sinks,
         torch.testing.assert_close(logits[:, t], model(kept)[:, -1], atol=1e-4, rtol=1e-4)
 
 
+def test_chunked_eviction_gives_each_chunk_the_window_left_before_it():
+    model = tiny_model(n_layers=1)
+    window, sinks, chunk = 8, 2, 3
+    ids = _ids(30)
+    logits = StreamingLLM(model, window=window, sinks=sinks, chunk=chunk).feed(ids)
+    for start in (10, 25):  # chunks after the fill: 10-12, 13-15, ...; the last one is shorter
+        end = min(start + chunk, 30)
+        kept = torch.cat([ids[:, :sinks], ids[:, end - window:end]], dim=1)
+        torch.testing.assert_close(logits[:, start:end], model(kept)[:, -(end - start):], atol=1e-4, rtol=1e-4)
+
+
 def test_cache_never_exceeds_its_size(tiny):
     stream = StreamingLLM(tiny, window=6, sinks=4)
     shapes = set()
@@ -47,13 +58,15 @@ def test_cache_never_exceeds_its_size(tiny):
 def test_generate_past_the_context_and_nll_shape(tiny):
     out = StreamingLLM(tiny, window=12, sinks=4).generate(_ids(5), max_new_tokens=300)
     assert out.shape == (1, 300) and tiny.cfg.max_seq_len < 305
-    nll = streaming_nll(tiny, _ids(50), window=8, chunk=16)
+    nll = streaming_nll(tiny, _ids(50), window=8, chunk=3)
     assert nll.shape == (1, 49) and torch.isfinite(nll).all()
 
 
 def test_bad_input_is_refused(tiny):
     with pytest.raises(ValueError, match="window"):
         StreamingLLM(tiny, window=0)
+    with pytest.raises(ValueError, match="chunk"):
+        StreamingLLM(tiny, window=4, chunk=5)
     with pytest.raises(ValueError, match="dynamic"):
         StreamingLLM(tiny_model(rope_scaling="dynamic", rope_factor=2.0), window=4)
     with pytest.raises(ValueError, match="batch_size"):
