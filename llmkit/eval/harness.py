@@ -46,12 +46,14 @@ class LlmkitLM(LM):
         pretrained: a model name, HF directory or ``.gguf`` file.
         dtype: ``float32`` / ``bfloat16`` / ``float16`` (and their short names).
         device: where to run; default (and for ``cuda`` on a machine without it) CUDA when available, else CPU.
-        batch_size: sequences per forward pass (lm_eval's ``--batch_size``; ``auto`` means 8).
+        batch_size: sequences per forward pass (lm_eval's ``--batch_size``; ``auto`` means 8, or
+            ``max_batch_size`` when given).
+        max_batch_size: lm_eval's ``--max_batch_size``, the batch size ``auto`` stands for.
         max_gen_toks: default token budget of ``generate_until`` requests.
     """
 
     def __init__(self, pretrained: str = "smollm2-135m-instruct", dtype: str = "float32", device: str | None = None,
-                 batch_size: int | str = 8, max_gen_toks: int = 256, **unused):
+                 batch_size: int | str = 8, max_batch_size: int | None = None, max_gen_toks: int = 256):
         super().__init__()
         from llmkit.generate import load_model_and_tokenizer
 
@@ -60,7 +62,7 @@ class LlmkitLM(LM):
         if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
             device = "cuda" if torch.cuda.is_available() else "cpu"  # lm_eval's CLI asks for cuda by default
         self.model, self.tokenizer = load_model_and_tokenizer(str(pretrained), dtype=DTYPES[dtype], device=device)
-        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else int(max_batch_size or 8)
         self.max_gen_toks = int(max_gen_toks)
 
     @property
