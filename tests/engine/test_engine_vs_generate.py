@@ -42,3 +42,28 @@ def test_engine_greedy_equals_generate(tiny, tokenizer, reference, name):
         assert engine.blocks.cache_hits > 0  # the shared prefix was served from the cache
     if name == "no-prefix-cache":
         assert engine.blocks.cache_hits == 0
+
+
+def test_mla_model_on_the_engine_equals_generate(tokenizer):
+    from tests.engine.conftest import tiny_model
+
+    mla = tiny_model(tokenizer, n_kv_heads=None, attention="mla", kv_lora_rank=16, q_lora_rank=None,
+                     qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16)
+    reqs = workload(tokenizer.vocab_size, n=10, max_prompt=80, max_out=12, seed=2)
+    engine = build(mla, tokenizer, max_num_batched_tokens=40)
+    got = run_arrivals(engine, reqs, lambda i: SamplingParams(max_tokens=reqs[i][1]))
+    for i, (prompt, max_tokens, _) in enumerate(reqs):
+        assert got[str(i)] == naive(mla, prompt, max_tokens, {tokenizer.eos_id})
+
+
+@pytest.mark.slow
+def test_smollm2_on_the_engine_equals_generate(smollm2_gguf):
+    from llmkit.generate import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(smollm2_gguf)
+    reqs = workload(tok.vocab_size, n=32, max_prompt=300, max_out=10, seed=1, shared_prefix=64)
+    engine = build(model, tok, kv_cache_memory="256MiB", max_num_batched_tokens=512)
+    got = run_arrivals(engine, reqs, lambda i: SamplingParams(max_tokens=reqs[i][1]))
+    for i, (prompt, max_tokens, _) in enumerate(reqs):
+        assert got[str(i)] == naive(model, prompt, max_tokens, {tok.eos_id}), f"request {i}"
+    assert engine.blocks.cache_hits > 0
