@@ -26,6 +26,7 @@ VERBS = {
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
     "eval": "Evaluate a model: perplexity / bits per byte, multiple choice, passkey retrieval; writes results.json",
     "summarize": "Summarise a text file of any length (map-reduce, refine, map-rerank) with a model or an endpoint",
+    "serve": "Serve a model over the OpenAI API (completions, chat, streaming) with a web chat page and /metrics",
 }
 
 

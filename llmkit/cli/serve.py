@@ -1,0 +1,63 @@
+"""``llmkit serve``: serve a model over the OpenAI API (and a chat page at ``/``) with the inference engine.
+
+The server listens at once and loads the model in the background: ``/health``
+answers 503 until the model is ready, then 200 (what a Kubernetes readiness
+probe wants). Engine flags are :class:`~llmkit.engine.LLM`'s options.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+HELP = "Serve a model over the OpenAI API (completions, chat, streaming) with a web chat page"
+
+
+@dataclass
+class Args:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "model name, HF directory or .gguf file"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0 for every interface)"})
+    port: int = field(default=8000, metadata={"help": "TCP port"})
+    served_model_name: str | None = field(default=None, metadata={
+        "help": "the name clients pass as 'model' (default: the model's name or file stem)"})
+    api_key: str | None = field(default=None, metadata={
+        "help": "require 'Authorization: Bearer KEY' on /v1/* (default: open)"})
+    dtype: Literal["fp32", "bf16", "fp16"] | None = field(default=None, metadata={
+        "help": "weight dtype (default: the checkpoint's)"})
+    max_num_seqs: int = field(default=64, metadata={"help": "sequences decoded together at most"})
+    max_queue: int = field(default=256, metadata={
+        "help": "requests that may wait beyond the running batch; more get 429 with Retry-After"})
+    max_num_batched_tokens: int = field(default=2048, metadata={"help": "tokens per engine step at most"})
+    kv_cache_memory: str | None = field(default=None, metadata={
+        "help": "KV pool size, e.g. 2GiB (default: a share of free memory)"})
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "reuse KV blocks of common prefixes"})
+    log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={
+        "help": "uvicorn's log level"})
+
+    def served_name(self) -> str:
+        return self.served_model_name or (Path(self.model).stem if Path(self.model).suffix == ".gguf"
+                                          else Path(self.model).name)
+
+
+def run(args: Args) -> int:
+    import uvicorn
+
+    from llmkit.cli.args import UsageError
+    from llmkit.engine import LLM, AsyncLLMEngine
+    from llmkit.serve import ServeConfig, build_app
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_num_seqs < 1 or args.max_queue < 0:
+        raise UsageError("--max_num_seqs must be >= 1 and --max_queue >= 0")
+
+    def load() -> AsyncLLMEngine:
+        llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
+                  enable_prefix_caching=args.enable_prefix_caching)
+        return AsyncLLMEngine(llm.engine)
+
+    config = ServeConfig(args.served_name(), api_key=args.api_key, max_queue=args.max_queue,
+                         aliases=(args.model,))
+    uvicorn.run(build_app(config, load), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
