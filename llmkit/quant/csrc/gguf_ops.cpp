@@ -380,7 +380,7 @@ at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype,
     at::Tensor dst = out_t.narrow(0, r0, rows);
     at::mm_out(dst, t, xf.t());
   }
-  return out_t.t().reshape(shape).to(x.scalar_type());
+  return out_t.t().contiguous().reshape(shape).to(x.scalar_type());
 }
 
 }  // namespace
