@@ -24,9 +24,11 @@ VERBS = {
     "finetune": "Fine-tune a chat model with LoRA, QLoRA, DoRA, prefix/prompt tuning or in full; saves a PEFT adapter",
     "align": "Align a model by preference (reward model, DPO family, ORPO, SimPO, KTO) or RL (GRPO), with LoRA",
     "estimate": "Parameters, training FLOPs and time, and training/inference memory of a model config",
+    "quantize": "Quantise a model (int8, int4, NF4, LLM.int8, SmoothQuant, GPTQ, AWQ, fp8); prints size and perplexity",
     "eval": "Evaluate a model: perplexity / bits per byte, multiple choice, passkey retrieval; writes results.json",
     "summarize": "Summarise a text file of any length (map-reduce, refine, map-rerank) with a model or an endpoint",
     "serve": "Serve a model over the OpenAI API (completions, chat, streaming) with a web chat page and /metrics",
+    "bench": "Load-test an OpenAI-compatible endpoint (llmperf-style): latency percentiles and throughput vs concurrency",
 }
 
 

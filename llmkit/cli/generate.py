@@ -37,6 +37,8 @@ class GenerationArgs:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model name, HF directory or .gguf file"})
     dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "weight dtype"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow first call)"})
+    quant: str | None = field(default=None, metadata={
+        "help": "quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens to generate at most"})
     sampling: SamplingFlags = field(default_factory=SamplingFlags, metadata={
@@ -84,7 +86,7 @@ class Args(GenerationArgs):
 
 
 def load(args: GenerationArgs):
-    """(model, tokenizer) for the flags: name/path, dtype, optional adapter; on CUDA when available."""
+    """(model, tokenizer) for the flags: name/path, dtype, quantisation, adapter; on CUDA when available."""
     import torch
 
     from llmkit.cli.args import UsageError
@@ -93,6 +95,13 @@ def load(args: GenerationArgs):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
+    if args.quant:
+        from llmkit.quant import quantize
+
+        try:
+            quantize(model, args.quant)
+        except ValueError as e:  # an unknown or calibrated scheme, a shape it cannot take
+            raise UsageError(f"--quant: {e}") from None
     if args.adapter:
         from llmkit.peft import load_adapter
 

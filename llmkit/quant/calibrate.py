@@ -102,3 +102,34 @@ def next_inputs(block: nn.Module, inputs: Inputs) -> Inputs:
         y = block(*args, **kwargs)
         out.append(((y[0] if isinstance(y, tuple) else y, *args[1:]), kwargs))
     return out
+
+
+def calibration_ids(tokenizer, source: str = "shakespeare", n: int = 32, seq_len: int = 256, seed: int = 0
+                    ) -> torch.Tensor:
+    """``n`` seeded windows of ``seq_len`` tokens from a text source's training split: (n, seq_len) ids.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        source: a corpus name (:data:`llmkit.data.CORPORA`; its held-out works are never used, so a
+            perplexity on them stays held out) or a text file / folder.
+        n: windows.
+        seq_len: tokens per window.
+        seed: which windows.
+    Raises:
+        ValueError: a source too short for one window.
+    """
+    from llmkit.data import load_corpus, split_documents
+
+    train = split_documents(load_corpus(source), source)[0]
+    docs = [d.text for d in train if len(d.text) > seq_len * 8]  # ~4 characters a token, with room to cut
+    if not docs:
+        raise ValueError(f"{source} has no document long enough for calibration windows of {seq_len} tokens")
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    while len(rows) < n:
+        text = docs[int(torch.randint(len(docs), (1,), generator=g))]
+        start = int(torch.randint(len(text) - seq_len * 8 + 1, (1,), generator=g))
+        ids = tokenizer.encode(text[start:start + seq_len * 8], add_special_tokens=False)
+        if len(ids) >= seq_len:
+            rows.append(ids[:seq_len])
+    return torch.tensor(rows, dtype=torch.long)
