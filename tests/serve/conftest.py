@@ -1,18 +1,15 @@
 """Fixtures for server tests: a tiny random model behind a live uvicorn on 127.0.0.1 (random free port)."""
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 import torch
-import uvicorn
 
 from llmkit import CausalLM, ModelConfig
 from llmkit.engine import AsyncLLMEngine, LLMEngine
 from llmkit.serve import ServeConfig, build_app
+from llmkit.serve.background import BackgroundServer
 from llmkit.tokenizer import Tokenizer
 
 MODEL = "tiny"
@@ -33,34 +30,15 @@ def tiny(tokenizer) -> CausalLM:
     return CausalLM(cfg).eval()
 
 
-class LiveServer:
-    """``build_app`` under uvicorn in a thread; ``url`` once it listens."""
+class LiveServer(BackgroundServer):
+    """A :class:`BackgroundServer` that knows its app's engine."""
 
     def __init__(self, config: ServeConfig, load: Callable[[], AsyncLLMEngine]):
-        self.app = build_app(config, load)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self, wait_ready: bool = True, timeout: float = 60) -> LiveServer:
-        self.thread.start()
-        deadline = time.time() + timeout
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        while wait_ready and httpx.get(f"{self.url}/health").status_code != 200:
-            assert time.time() < deadline, "the model did not load"
-            time.sleep(0.05)
-        return self
+        super().__init__(build_app(config, load))
 
     @property
     def engine(self) -> LLMEngine:
         return self.app.state.llmkit.engine.engine
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
 
 
 def serve(tiny, tokenizer, *, max_num_seqs: int = 64, **config) -> LiveServer:
