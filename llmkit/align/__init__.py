@@ -30,7 +30,7 @@ from llmkit.align.run import align
 from llmkit.align.simpo import simpo_loss
 
 __all__ = [
-    "DPO_LOSSES", "AdaptiveKLController", "AlignConfig", "RewardModel", "align", "dpo_loss", "entropy_bonus", "gae", "gkd_on_policy", "grpo_advantages",
-    "grpo_loss", "jsd_loss", "k3_kl", "kd_loss", "kl_penalty_rewards", "kto_loss", "orpo_loss", "ppo_policy_loss",
-    "ppo_value_loss", "reverse_kl_loss", "reward_loss", "simpo_loss",
+    "AdaptiveKLController", "AlignConfig", "DPO_LOSSES", "RewardModel", "align", "dpo_loss", "entropy_bonus", "gae",
+    "gkd_on_policy", "grpo_advantages", "grpo_loss", "jsd_loss", "k3_kl", "kd_loss", "kl_penalty_rewards", "kto_loss",
+    "orpo_loss", "ppo_policy_loss", "ppo_value_loss", "reverse_kl_loss", "reward_loss", "simpo_loss",
 ]

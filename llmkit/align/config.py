@@ -16,13 +16,13 @@ from llmkit.align.grpo import GRPOLossType, ScaleRewards
 from llmkit.train.config import DType, Schedule, _help
 from llmkit.validate import check_choices
 
-Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo"]
+Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo", "distill"]
 DPOLossType = Literal["sigmoid", "robust", "hinge", "ipo", "exo_pair", "bco_pair", "sppo_hard", "nca_pair",
                       "apo_zero", "apo_down", "sigmoid_norm"]
 PEFT = Literal["lora", "none"]
 PREFERENCE_METHODS = ("reward", "dpo", "orpo", "simpo")
-DEFAULT_DATA = {"kto": "austen-prefs", "grpo": "arithmetic"}  # others: austen-prefs
-DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0}
+DEFAULT_DATA = {"grpo": "arithmetic", "distill": "austen-chat"}  # others: austen-prefs
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0, "distill": 0.0}
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,13 @@ class AlignConfig:
 
     # --- what ---
     method: Method = field(default="dpo", metadata=_help("the alignment method"))
-    model: str = field(default="smollm2-135m-instruct", metadata=_help("model name, HF directory or .gguf file"))
+    model: str = field(default="smollm2-135m-instruct", metadata=_help(
+        "model name, HF directory or .gguf file; distill: the student, which may also be a preset (random init)"))
+    teacher: str = field(default="", metadata=_help("distill: the teacher (shares the student's tokenizer)"))
     data: str = field(default="", metadata=_help(
-        "preference/KTO/prompt .jsonl, or a built-in set (austen-prefs, shakespeare-prefs, arithmetic); "
-        "empty: arithmetic for grpo, austen-prefs otherwise"))
+        "preference/KTO/prompt/conversation .jsonl, or a built-in set (austen-prefs, shakespeare-prefs, "
+        "arithmetic, austen-chat, shakespeare-chat); empty: arithmetic for grpo, austen-chat for distill, "
+        "austen-prefs otherwise"))
     val_data: str = field(default="", metadata=_help("held-out .jsonl; empty: the built-in set's val split"))
     out_dir: str = field(default="out/align", metadata=_help(
         "train/ (checkpoints, metrics.jsonl), curves.png, report.md, align.json, adapter/ or model/"))
@@ -49,14 +52,17 @@ class AlignConfig:
     # --- method ---
     loss_type: DPOLossType = field(default="sigmoid", metadata=_help("dpo: the DPO-family loss"))
     beta: float | None = field(default=None, metadata=_help(
-        f"the method's beta; default {DEFAULT_BETA} (grpo: weight of the k3 KL penalty)"))
+        f"the method's beta; default {DEFAULT_BETA} (grpo: weight of the k3 KL penalty; distill: the JSD "
+        "mix, 0 = forward KL, 1 = reverse KL)"))
     label_smoothing: float = field(default=0.0, metadata=_help("dpo robust/exo_pair, simpo: label noise"))
     gamma: float = field(default=0.5, metadata=_help("simpo: target reward margin"))
     desirable_weight: float = field(default=1.0, metadata=_help("kto: weight of desirable examples"))
     undesirable_weight: float = field(default=1.0, metadata=_help("kto: weight of undesirable examples"))
     group_size: int = field(default=4, metadata=_help("grpo: completions sampled per prompt"))
     max_new_tokens: int = field(default=32, metadata=_help("grpo: tokens per sampled completion at most"))
-    temperature: float = field(default=1.0, metadata=_help("grpo: sampling temperature of the rollouts"))
+    temperature: float = field(default=1.0, metadata=_help(
+        "grpo: sampling temperature of the rollouts; distill: of the softmaxes and the student's samples"))
+    lmbda: float = field(default=0.0, metadata=_help("distill: share of steps on student-sampled completions (GKD)"))
     epsilon_low: float = field(default=0.2, metadata=_help("grpo: the ratio is clipped below at 1 - this"))
     epsilon_high: float = field(default=0.28, metadata=_help("grpo: the ratio is clipped above at 1 + this"))
     grpo_loss_type: GRPOLossType = field(default="dapo", metadata=_help("grpo: how token losses are averaged"))
@@ -105,7 +111,12 @@ class AlignConfig:
                 raise ValueError(f"AlignConfig.{name}={getattr(self, name)}: must be >= 0")
         if self.method == "grpo" and self.group_size < 2:
             raise ValueError(f"AlignConfig.group_size={self.group_size}: GRPO needs >= 2 completions per prompt")
-        if self.method_beta < 0 or (self.method not in ("grpo", "reward") and self.method_beta == 0):
+        if self.method == "distill":
+            if not self.teacher:
+                raise ValueError("AlignConfig.teacher='': distill needs a teacher model")
+            if not (0.0 <= self.method_beta <= 1.0 and 0.0 <= self.lmbda <= 1.0):
+                raise ValueError(f"AlignConfig.beta={self.beta}, lmbda={self.lmbda}: distill needs both in [0, 1]")
+        elif self.method_beta < 0 or (self.method not in ("grpo", "reward") and self.method_beta == 0):
             raise ValueError(f"AlignConfig.beta={self.beta}: must be > 0 for {self.method}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"AlignConfig.lr={self.lr}: must be > 0")

@@ -189,15 +189,22 @@ def encode_prompt(tokenizer: ChatTokenizer, rec: dict[str, Any], max_len: int) -
     return ids
 
 
-def encode_kto(records: list[dict[str, Any]], tokenizer: ChatTokenizer,
-               max_len: int) -> list[tuple[list[int], list[int], bool]]:
-    """``(prompt_ids, completion_ids, label)`` per KTO record (the completion through its end-of-turn)."""
+def encode_completions(records: list[dict[str, Any]], tokenizer: ChatTokenizer,
+                       max_len: int) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, completion_ids)`` per record with a ``completion`` (the reply through its end-of-turn)."""
     out = []
     for rec in records:
         prompt = encode_prompt(tokenizer, rec, max_len)
         full = tokenizer.apply_chat_template(rec["prompt"] + [{"role": "assistant", "content": rec["completion"]}],
                                              add_generation_prompt=False, tokenize=True)
         if full[:len(prompt)] != prompt:
-            raise _fail(rec["where"], "prompt", "the chat template renders it differently before an answer")
-        out.append((prompt, full[len(prompt):], rec["label"]))
+            raise _fail(rec.get("where", "<data>"), "prompt",
+                        "the chat template renders it differently before an answer")
+        out.append((prompt, full[len(prompt):]))
     return out
+
+
+def encode_kto(records: list[dict[str, Any]], tokenizer: ChatTokenizer,
+               max_len: int) -> list[tuple[list[int], list[int], bool]]:
+    """``(prompt_ids, completion_ids, label)`` per KTO record."""
+    return [(p, c, rec["label"]) for (p, c), rec in zip(encode_completions(records, tokenizer, max_len), records)]

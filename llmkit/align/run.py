@@ -32,15 +32,19 @@ from torch import nn
 
 from llmkit.align.builtin import PREFERENCE_SETS, arithmetic_reward, arithmetic_set, preference_set
 from llmkit.align.config import AlignConfig
-from llmkit.align.data import encode_kto, encode_pairs, read_kto, read_preferences, read_prompts
+from llmkit.align.data import encode_completions, encode_kto, encode_pairs, read_kto, read_preferences, read_prompts
 from llmkit.align.objectives import KTOObjective, PreferenceObjective, RewardObjective, kto_collate
-from llmkit.align.online import GRPOObjective, RewardFn, sample
+from llmkit.align.online import DistillObjective, GRPOObjective, RewardFn, sample
 from llmkit.align.report import plot_align_curves, write_report
 from llmkit.align.reward import RewardModel
 from llmkit.align.trainer import AlignTrainer
+from llmkit.data import read_conversations
+from llmkit.data.chat import CHAT_SETS, load_chat_set
 from llmkit.data.sft import collate_preference
 from llmkit.generate import load_model_and_tokenizer
+from llmkit.io import resolve_config
 from llmkit.io.pull import resolve_model
+from llmkit.model import CausalLM
 from llmkit.peft import apply_lora
 from llmkit.train import Data, TrainConfig
 from llmkit.train.checkpoint import latest_checkpoint
@@ -60,6 +64,14 @@ class Records:
 def load_records(cfg: AlignConfig) -> Records:
     """Training and held-out records for ``cfg.method`` from ``cfg.data`` / ``cfg.val_data`` or a built-in set."""
     name = cfg.data_name
+    if cfg.method == "distill":
+        if name in CHAT_SETS:
+            return Records(*(_completions(load_chat_set(name, split), f"{name}/{split}") for split in ("train", "val")),
+                           name)
+        train = _completions(read_conversations(name), name)
+        val = _completions(read_conversations(cfg.val_data), cfg.val_data) if cfg.val_data else None
+        n_val = max(1, int(len(train) * HOLD_OUT))
+        return Records(train, val, name) if val else Records(train[:-n_val], train[-n_val:], name)
     if cfg.method == "grpo":
         if name == "arithmetic":
             return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
@@ -81,18 +93,35 @@ def load_records(cfg: AlignConfig) -> Records:
     return Records(train[:-n_val], train[-n_val:], name)
 
 
+def _completions(conversations: list[list[dict[str, str]]], source: str) -> list[dict[str, Any]]:
+    """Distillation records: each conversation's last message is the completion, the rest the prompt."""
+    return [{"prompt": c[:-1], "completion": c[-1]["content"], "where": f"{source}:{i + 1}"}
+            for i, c in enumerate(conversations) if len(c) >= 2 and c[-1]["role"] == "assistant"]
+
+
 def _unpair(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """KTO examples from pairs: the chosen answer of even pairs (desirable), the rejected of odd ones."""
     return [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 == 0 else p["rejected"],
              "label": i % 2 == 0, "where": p["where"]} for i, p in enumerate(pairs)]
 
 
-def build_policy(cfg: AlignConfig) -> tuple[nn.Module, Any, Path]:
-    """(model with LoRA if asked, tokenizer, resolved source); fp32 on the CPU."""
-    source = resolve_model(cfg.model)
-    model, tokenizer = load_model_and_tokenizer(source)
-    model = model.float()
+def build_policy(cfg: AlignConfig, tokenizer: Any = None) -> tuple[nn.Module, Any, Path | str]:
+    """(model with LoRA if asked, tokenizer, resolved source); fp32 on the CPU.
+
+    ``tokenizer`` (distillation: the teacher's) lets ``cfg.model`` be a preset, built from a random init
+    with that tokenizer's vocabulary.
+    """
     torch.manual_seed(cfg.seed)
+    if tokenizer is not None and resolve_config(cfg.model).weights is None:
+        mcfg = resolve_config(cfg.model).config
+        ids = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+               "pad_token_id": tokenizer.pad_id}
+        model, source = CausalLM(mcfg.replace(**{k: v for k, v in ids.items() if v is not None})), cfg.model
+    else:
+        source = resolve_model(cfg.model)
+        model, own = load_model_and_tokenizer(source)
+        tokenizer = tokenizer or own
+    model = model.float()
     if cfg.method == "reward":
         model = RewardModel(model)
     if cfg.peft == "lora":
@@ -102,7 +131,8 @@ def build_policy(cfg: AlignConfig) -> tuple[nn.Module, Any, Path]:
     return model, tokenizer, source
 
 
-def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: RewardFn | None = None) -> Any:
+def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: RewardFn | None = None,
+                    teacher: nn.Module | None = None) -> Any:
     """The method's objective; a frozen copy of the starting model is the reference when there is no LoRA.
 
     ``reward_fn(record, text)`` scores GRPO's completions; default: :func:`arithmetic_reward` against the
@@ -113,6 +143,9 @@ def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: Re
     beta = cfg.method_beta
     if cfg.method == "reward":
         return RewardObjective(cfg.eval_batches)
+    if cfg.method == "distill":
+        return DistillObjective(teacher, tokenizer, beta, cfg.temperature, cfg.lmbda, cfg.max_new_tokens, cfg.seq_len,
+                                cfg.seed, cfg.eval_batches)
     if cfg.method in ("dpo", "orpo", "simpo"):
         return PreferenceObjective(cfg.method, beta, cfg.loss_type, cfg.label_smoothing, cfg.gamma, ref,
                                    cfg.eval_batches)
@@ -131,6 +164,10 @@ def build_data(cfg: AlignConfig, records: Records, tokenizer) -> tuple[Data, lis
     if cfg.method == "grpo":
         items, val = records.train, records.val
         collate = list
+    elif cfg.method == "distill":  # (prompt ids, completion ids, prompt messages) for on-policy sampling
+        items, val = ([(p, c, r["prompt"]) for (p, c), r in zip(encode_completions(rs, tokenizer, cfg.seq_len), rs)]
+                      for rs in (records.train, records.val))
+        collate = list
     elif cfg.method == "kto":
         items, val = (encode_kto(r, tokenizer, cfg.seq_len) for r in (records.train, records.val))
         def collate(b):
@@ -145,10 +182,10 @@ def build_data(cfg: AlignConfig, records: Records, tokenizer) -> tuple[Data, lis
     return Data(ConversationBatches(items, bs, cfg.seed, collate=collate), tokenizer=tokenizer), val_batches
 
 
-def train_config(cfg: AlignConfig, source: Path) -> TrainConfig:
+def train_config(cfg: AlignConfig, source: Path | str, tokenizer_source: Path | str) -> TrainConfig:
     out = Path(cfg.out_dir)
     lr = cfg.method_lr
-    return TrainConfig(task="sft", model=str(source), tokenizer=str(source), data=cfg.data_name,
+    return TrainConfig(task="sft", model=str(source), tokenizer=str(tokenizer_source), data=cfg.data_name,
                        seq_len=cfg.seq_len, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                        max_steps=cfg.max_steps, lr=lr, min_lr=lr / 10, warmup_steps=cfg.warmup_steps,
                        schedule=cfg.schedule, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
@@ -182,11 +219,22 @@ def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]
         raise ValueError(f"{out} already holds an alignment run: continue it with --resume (and a larger "
                          "--max_steps), or choose another --out_dir")
     records = load_records(cfg)
-    model, tokenizer, source = build_policy(cfg)
+    teacher, tokenizer_source = None, None
+    if cfg.method == "distill":
+        tokenizer_source = resolve_model(cfg.teacher)
+        teacher, teacher_tokenizer = load_model_and_tokenizer(tokenizer_source)
+        teacher = teacher.float().eval().requires_grad_(False)
+        model, tokenizer, source = build_policy(cfg, teacher_tokenizer)
+        if model.cfg.vocab_size != teacher.cfg.vocab_size:
+            raise ValueError(f"student vocabulary {model.cfg.vocab_size} != teacher's {teacher.cfg.vocab_size}: "
+                             "distillation needs a shared tokenizer")
+    else:
+        model, tokenizer, source = build_policy(cfg)
     data, val_batches = build_data(cfg, records, tokenizer)
-    objective = build_objective(cfg, model, tokenizer, reward_fn)
+    objective = build_objective(cfg, model, tokenizer, reward_fn, teacher)
     before_samples = _samples(cfg, model, tokenizer, records.val)
-    trainer = AlignTrainer(objective, train_config(cfg, source), model=model, data=data, resume=cfg.resume,
+    trainer = AlignTrainer(objective, train_config(cfg, source, tokenizer_source or source), model=model, data=data,
+                           resume=cfg.resume,
                            val_batches=(lambda: val_batches) if val_batches else None)
     try:
         before = trainer.evaluate()

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmkit import CausalLM
 from llmkit.align import AlignConfig, align
 from llmkit.cli import main
 
-from .conftest import QUESTIONS
+from .conftest import ANSWERS, QUESTIONS
 
 
 def config(tiny_dir, prefs, out_dir, **kw) -> AlignConfig:
@@ -111,3 +112,19 @@ def test_cli_runs_a_method_and_reports_bad_data_in_one_line(tiny_dir, prefs, tmp
     assert main(args[:5] + [str(bad)] + args[6:] + ["--out_dir", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"llmkit align: error: {bad}:1: field 'rejected': equals chosen: the pair says nothing"
+
+
+@pytest.mark.slow
+def test_distillation_into_a_preset_student_lowers_the_divergence(tiny_dir, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"{a}. Thank you."}]}
+            for q, a in zip(QUESTIONS, ANSWERS)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = AlignConfig(method="distill", model="nano", teacher=str(tiny_dir), data=str(tmp_path / "chat.jsonl"),
+                      out_dir=str(tmp_path / "out"), peft="none", max_steps=8, batch_size=4, seq_len=64, lr=3e-3,
+                      warmup_steps=1, device="cpu", samples=0, max_new_tokens=6, lmbda=0.5, beta=0.5, plot=False)
+    report = align(cfg)
+    assert report["after"]["val_loss"] < report["before"]["val_loss"]
+    student = CausalLM.from_pretrained(tmp_path / "out" / "model")
+    assert student.cfg.vocab_size == CausalLM.from_pretrained(tiny_dir).cfg.vocab_size
+    with pytest.raises(ValueError, match="teacher"):
+        AlignConfig(method="distill").validate()
