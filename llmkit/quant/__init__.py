@@ -13,8 +13,9 @@ See docs/quantization.md.
 """
 from llmkit.quant.linear import Fp8Linear, Int4Linear, Int8Linear, QuantLinear
 from llmkit.quant.nf4 import Linear4bit
+from llmkit.quant.qat import FakeQuantLinear, convert_qat, prepare_qat
 from llmkit.quant.schemes import QUANT_SCHEMES, QuantScheme, quantize, rebuild
 from llmkit.quant.w8a8 import LLMInt8Linear, W8A8Linear
 
-__all__ = ["QUANT_SCHEMES", "Fp8Linear", "Int4Linear", "Int8Linear", "LLMInt8Linear", "Linear4bit", "QuantLinear",
-           "QuantScheme", "W8A8Linear", "quantize", "rebuild"]
+__all__ = ["QUANT_SCHEMES", "FakeQuantLinear", "Fp8Linear", "Int4Linear", "Int8Linear", "LLMInt8Linear", "Linear4bit", "QuantLinear",
+           "QuantScheme", "W8A8Linear", "convert_qat", "prepare_qat", "quantize", "rebuild"]

@@ -131,7 +131,8 @@ def targets(model: nn.Module, skip: Sequence[str], exclude: Sequence[str] = ()) 
             if type(m) is nn.Linear and name.rsplit(".", 1)[-1] not in skip and name not in excluded]
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at dotted ``path`` inside ``model``."""
     parent, _, leaf = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
@@ -141,7 +142,7 @@ def _empty(scheme: QuantScheme, linear: nn.Linear, options: dict, dtype: torch.d
                         dtype or linear.weight.dtype, device, **options)
 
 
-def _check_shapes(model: nn.Module, paths: list[str], scheme: QuantScheme, options: dict) -> None:
+def check_shapes(model: nn.Module, paths: list[str], scheme: QuantScheme, options: dict) -> None:
     """Build every layer empty on meta first, so a shape the scheme cannot take fails before anything changes."""
     for path in paths:
         try:
@@ -177,7 +178,7 @@ def quantize(model: nn.Module, scheme: str, calibration: Sequence[str] | torch.T
     if getattr(model, "quantization_config", None):
         raise ValueError(f"the model is already quantised ({model.quantization_config['quant_method']})")
     paths = targets(model, skip, exclude)
-    _check_shapes(model, paths, spec, options)
+    check_shapes(model, paths, spec, options)
     was_training = model.training
     model.eval()
     if spec.calibrated:
@@ -187,7 +188,7 @@ def quantize(model: nn.Module, scheme: str, calibration: Sequence[str] | torch.T
                                                                                         batch_size))
     else:
         for path in paths:
-            _replace(model, path, spec.build(model.get_submodule(path), None, **options))
+            set_module(model, path, spec.build(model.get_submodule(path), None, **options))
     model.train(was_training)
     model.quantization_config = {"quant_method": scheme, **options, "skip": list(skip)}
     return model
@@ -207,7 +208,7 @@ def _quantize_calibrated(model: nn.Module, paths: list[str], spec: QuantScheme, 
         start = f"{prefix}.{i}."
         names = [p[len(start):] for p in paths if p.startswith(start)]
         for name, x in calibrate.linear_inputs(block, names, inputs).items():
-            _replace(block, name, spec.build(block.get_submodule(name), x, **options))
+            set_module(block, name, spec.build(block.get_submodule(name), x, **options))
         if i + 1 < len(blocks):
             inputs = calibrate.next_inputs(block, inputs)
 
@@ -228,9 +229,9 @@ def rebuild(model: nn.Module, config: dict[str, Any], dtype: torch.dtype | None 
     options = scheme_options(name, config)
     spec = QUANT_SCHEMES[name]
     paths = targets(model, skip)
-    _check_shapes(model, paths, spec, options)
+    check_shapes(model, paths, spec, options)
     for path in paths:
         linear = model.get_submodule(path)
-        _replace(model, path, _empty(spec, linear, options, dtype, linear.weight.device))
+        set_module(model, path, _empty(spec, linear, options, dtype, linear.weight.device))
     model.quantization_config = {"quant_method": name, **options, "skip": list(skip)}
     return model
