@@ -85,6 +85,9 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=_help("clip the global gradient norm to this; 0 = off"))
     freeze: list[str] = field(default_factory=list, metadata=_help(
         "parameter names to freeze: globs, or regexes prefixed with 're:'"))
+    qat: str = field(default="", metadata=_help(
+        "quantisation-aware training for int8 or int4 (groups of 64): the block linears train through the "
+        "scheme's rounding and the export is the quantised model; empty = off"))
 
     # --- execution ---
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N (under torchrun: the local GPU)"))
@@ -122,6 +125,7 @@ class TrainConfig:
         need(0.0 < self.decay_fraction <= 1.0, "decay_fraction", "must be in (0, 1]")
         need(bool(self.model), "model", f"give {ACCEPTED}")
         need(bool(self.data), "data", "give a shard directory, corpus name or file")
+        need(self.qat in ("", "int8", "int4"), "qat", "must be int8, int4 or empty")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ checkpoint, because checkpoints are written atomically.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import shutil
@@ -148,6 +149,10 @@ class Trainer:
         if frozen and d.is_main:
             print(f"llmkit train: froze {len(frozen)} parameter tensors ({', '.join(frozen[:3])}"
                   f"{' ...' if len(frozen) > 3 else ''})")
+        if cfg.qat:
+            from llmkit.quant import prepare_qat
+
+            prepare_qat(self.model, cfg.qat)  # same parameters and names: checkpoints and the optimizer are unchanged
         self.model.to(d.device).train()
         if cfg.grad_checkpointing:
             activation_checkpoint.enable(self.model)
@@ -245,16 +250,22 @@ class Trainer:
 
         A model with adapters exports them alone in peft's format (load with
         :func:`llmkit.peft.load_adapter` on the base model); any other model exports the
-        checkpoint's weights and the tokenizer as an HF directory.
+        checkpoint's weights (with ``qat``: the model quantised by that scheme) and the tokenizer as an
+        HF directory.
         """
         target = Path(self.cfg.export_dir) if self.cfg.export_dir else self.out / "model"
         if any(True for _ in adapters(self.model)):
             save_adapter(self.model, target)  # TypeError for adapters peft's format cannot hold
             return target
         with atomic_dir(target) as tmp:
-            for f in checkpoint.iterdir():
-                if f.name == "config.json" or f.name.startswith("model"):
-                    shutil.copy2(f, tmp / f.name)
+            if self.cfg.qat:  # the model the fake-quantised training aimed at
+                from llmkit.quant import convert_qat
+
+                convert_qat(copy.deepcopy(self.model).cpu()).save_pretrained(tmp)
+            else:
+                for f in checkpoint.iterdir():
+                    if f.name == "config.json" or f.name.startswith("model"):
+                        shutil.copy2(f, tmp / f.name)
             if self.data.tokenizer is not None:
                 self.data.tokenizer.save_pretrained(tmp)
         return target

@@ -1,0 +1,24 @@
+"""``TrainConfig.qat``: the Trainer trains through fake quantisation and exports the quantised model."""
+import pytest
+
+from llmkit import CausalLM
+from llmkit.quant import FakeQuantLinear, Int4Linear
+from llmkit.train import Trainer
+from llmkit.train.data import Data
+from tests.train.helpers import RandomBatches, tiny_cfg
+
+
+def test_trainer_with_qat_exports_the_quantized_model(tmp_path):
+    cfg = tiny_cfg(tmp_path, qat="int4", max_steps=3, model_overrides={"dim": 64})
+    trainer = Trainer(cfg, data=Data(RandomBatches()))
+    assert isinstance(trainer.model.model.layers[0].mlp.up_proj, FakeQuantLinear)
+    trainer.fit()
+    exported = CausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert isinstance(exported.model.layers[0].mlp.up_proj, Int4Linear)
+    assert exported.quantization_config == {"quant_method": "int4", "group_size": 64,
+                                            "skip": ["lm_head", "embed_tokens"]}
+
+
+def test_qat_must_name_a_qat_scheme(tmp_path):
+    with pytest.raises(ValueError, match="TrainConfig.qat='gptq'"):
+        tiny_cfg(tmp_path, qat="gptq").validate()
