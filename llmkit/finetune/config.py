@@ -35,6 +35,8 @@ class FinetuneConfig:
         "layers LoRA wraps: all-linear (every linear but the head) or names, e.g. q_proj,k_proj,v_proj,o_proj"))
     n_virtual: int = field(default=20, metadata=_help("prompt: virtual tokens; prefix: prefix length"))
     merge: bool = field(default=False, metadata=_help("also write the merged model to out_dir/model (LoRA family)"))
+    qat: Literal["", "int8", "int4"] = field(default="", metadata=_help(
+        "method full: quantisation-aware training; out_dir/model is then the int8/int4 model (TrainConfig.qat)"))
 
     # --- training ---
     max_steps: int = field(default=100, metadata=_help("optimizer steps"))
@@ -73,6 +75,8 @@ class FinetuneConfig:
             raise ValueError(f"lr={self.lr} must be > 0")
         if not self.target_modules:
             raise ValueError("target_modules is empty: give all-linear or layer names")
+        if self.qat and self.method != "full":
+            raise ValueError(f"qat={self.qat!r} trains the model's own weights: use method=full, not {self.method}")
         if self.merge and self.method in VIRTUAL_METHODS:
             raise ValueError(f"merge=True: {self.method} tuning adds virtual tokens, which cannot be merged into weights")
         return self

@@ -57,7 +57,7 @@ def train_config(cfg: FinetuneConfig, train: Path, val: Path | None, tokenizer: 
                        max_steps=cfg.max_steps, lr=lr, min_lr=lr / 10, warmup_steps=cfg.warmup_steps,
                        schedule=cfg.schedule, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
                        save_every=cfg.save_every, keep_last=1,  # each checkpoint holds the whole base model
-                       seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, plot=cfg.plot,
+                       seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, plot=cfg.plot, qat=cfg.qat,
                        out_dir=str(Path(cfg.out_dir) / "train"),
                        export_dir=str(Path(cfg.out_dir) / ("model" if cfg.method == "full" else "adapter")))
 

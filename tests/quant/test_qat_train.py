@@ -22,3 +22,13 @@ def test_trainer_with_qat_exports_the_quantized_model(tmp_path):
 def test_qat_must_name_a_qat_scheme(tmp_path):
     with pytest.raises(ValueError, match="TrainConfig.qat='gptq'"):
         tiny_cfg(tmp_path, qat="gptq").validate()
+
+
+def test_finetune_passes_qat_to_the_trainer_for_full_training_only(tmp_path):
+    from llmkit.finetune.config import FinetuneConfig
+    from llmkit.finetune.run import train_config
+
+    cfg = FinetuneConfig(method="full", qat="int8", out_dir=str(tmp_path)).validate()
+    assert train_config(cfg, tmp_path / "train.jsonl", None, tmp_path).qat == "int8"
+    with pytest.raises(ValueError, match="use method=full"):
+        FinetuneConfig(method="lora", qat="int4").validate()
