@@ -219,7 +219,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None, device: torch.
     # built on the CPU (meta placeholders cannot be copied to a device), moved once the blocks are in
     model = build_from_state_dict(cfg, state, dtype, None, source=str(path))
     _swap_in_blocks(model, blocks, dtype or torch.float32)
-    return model.to(device) if device is not None else model
+    return (model.to(device) if device is not None else model).eval()
 
 
 def _swap_in_blocks(model: CausalLM, blocks: dict[str, tuple[str, torch.Tensor]], dtype: torch.dtype) -> None:
@@ -315,29 +315,28 @@ def export_gguf(model: CausalLM, path: str | Path, dtype: str = "f32",
 
 
 def _export_tensors(model: CausalLM) -> dict[str, tuple[np.ndarray, Any]]:
-    """Our name -> (array, GGUF type of its raw blocks, or None for float data to be converted).
+    """Our name -> (array, GGUF type of its raw blocks, or None for float data to be converted), in state-dict order.
 
     GGUF block layers give their blocks; other layers with ``dequantize()`` give the float weight
-    (and their bias), their other buffers (scales, codes) being what the weight was made from.
+    (and their bias) in place of their own tensors (codes, scales), which it is made from.
     """
     from gguf import GGMLQuantizationType as Q
 
     from llmkit.quant.gguf_linear import GGUFEmbedding, GGUFLinear
 
-    out: dict[str, tuple[np.ndarray, Any]] = {}
-    owned = set()  # modules whose state-dict entries are replaced by the weight given here
-    for path, m in model.named_modules():
+    def weight(m: nn.Module) -> tuple[np.ndarray, Any]:
         if isinstance(m, (GGUFLinear, GGUFEmbedding)):
-            out[f"{path}.weight"] = (m.weight.detach().cpu().numpy(), Q[m.qtype.upper()])
-        elif path and callable(getattr(m, "dequantize", None)):
-            out[f"{path}.weight"] = (m.dequantize().detach().float().cpu().numpy(), None)
-        else:
-            continue
-        owned.add(path)
+            return m.weight.detach().cpu().numpy(), Q[m.qtype.upper()]
+        return m.dequantize().detach().float().cpu().numpy(), None
+
+    owned = {path: m for path, m in model.named_modules() if path and callable(getattr(m, "dequantize", None))}
+    out: dict[str, tuple[np.ndarray, Any]] = {}
     for name, t in model.state_dict().items():
         owner, _, leaf = name.rpartition(".")
-        if owner not in owned or leaf == "bias":
-            out.setdefault(name, (t.detach().float().cpu().numpy(), None))
+        if owner in owned and leaf != "bias":
+            out.setdefault(f"{owner}.weight", weight(owned[owner]))
+        else:
+            out[name] = (t.detach().float().cpu().numpy(), None)
     return out
 
 

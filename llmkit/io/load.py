@@ -14,7 +14,7 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.io.build import build_from_state_dict
 from llmkit.io.errors import CheckpointError
-from llmkit.io.gguf import read_gguf
+from llmkit.io.gguf import load_gguf, read_gguf
 from llmkit.io.hf import read_hf_config, read_hf_state_dict
 from llmkit.model import CausalLM
 
@@ -40,18 +40,24 @@ def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None) -> tuple
     raise CheckpointError(f"{path} is neither a model directory (config.json + safetensors) nor a .gguf file")
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CausalLM:
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+               keep_quantized: bool = False) -> CausalLM:
     """Load an HF model directory or a ``.gguf`` file.
 
     Args:
         path: the directory or file.
         dtype: parameter dtype; None keeps the checkpoint's (GGUF: float32, what dequantisation yields).
         device: where the parameters live; None = CPU.
+        keep_quantized: a ``.gguf`` file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K weights stay in llama.cpp's blocks
+            (:func:`~llmkit.io.gguf.load_gguf`); without it they are dequantised. A directory's
+            quantised layers are always kept, so this changes nothing there.
 
     Returns:
         The model in eval mode; a directory saved from a quantised model (``quantization_config`` in
         its config.json) comes back with the same quantised layers.
     """
+    if keep_quantized and Path(path).is_file() and Path(path).suffix == ".gguf":
+        return load_gguf(path, dtype, device, keep_quantized=True)
     cfg, state = read_checkpoint(path, dtype)
     quantization = read_hf_config(Path(path))[1].get("quantization_config") if Path(path).is_dir() else None
     return build_from_state_dict(cfg, state, dtype, device, source=str(path), quantization=quantization)

@@ -254,11 +254,13 @@ class CausalLM(nn.Module):
         return total
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "CausalLM":
-        """Load an HF model directory or a ``.gguf`` file (see ``llmkit.io``)."""
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                        keep_quantized: bool = False) -> "CausalLM":
+        """Load an HF model directory or a ``.gguf`` file (see ``llmkit.io.load_model``; ``keep_quantized``
+        keeps a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K weights in their blocks)."""
         from llmkit.io.load import load_model
 
-        return load_model(path, dtype=dtype, device=device)
+        return load_model(path, dtype=dtype, device=device, keep_quantized=keep_quantized)
 
     def save_pretrained(self, directory, max_shard_bytes: int = 2 * 1024**3) -> None:
         """Write ``config.json`` + safetensors in HF layout (sharded above ``max_shard_bytes``)."""
