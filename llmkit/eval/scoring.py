@@ -87,9 +87,10 @@ def score_spans(model, rows: Sequence[Sequence[int]], n_targets: Sequence[int], 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of ``(context, continuation)`` as lm-eval-harness forms them.
 
-    Trailing spaces of the context move to the continuation, the two are encoded together and split
-    where the context's own encoding ends (so a merge across the boundary counts for the continuation),
-    and an empty context becomes the BOS (else EOS) token.
+    Trailing whitespace of the context moves to the continuation; the continuation's ids are those of
+    the joint encoding after as many ids as the context alone encodes to, and the context's ids are its
+    own encoding (where a merge crosses the boundary the two halves overlap or leave a gap, as in
+    lm-eval); an empty context becomes the BOS (else EOS) token.
     """
     if not context:
         prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -99,8 +100,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation, add_special_tokens=False)
-    n = len(tokenizer.encode(context, add_special_tokens=False))
-    return whole[:n], whole[n:]
+    left = tokenizer.encode(context, add_special_tokens=False)
+    return left, whole[len(left):]
 
 
 def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> list[SpanScore]:

@@ -93,6 +93,24 @@ def test_rolling_beyond_the_context(lm, tiny):
     assert total == pytest.approx(expected, rel=1e-5)
 
 
+def test_matches_lm_evals_hf_backend(lm, checkpoint):
+    """lm_eval's own transformers backend on the same checkpoint returns the same numbers and text, also for
+    an empty context, a context ending in whitespace (where a token merges across the boundary) and a
+    pair longer than the context (cut from the left)."""
+    pytest.importorskip("transformers")
+    from lm_eval.models.huggingface import HFLM
+
+    ref = HFLM(pretrained=str(checkpoint), device="cpu", batch_size=2, dtype="float32")
+    pairs = [("It is a truth ", "universally"), ("", "hello world"), ("in want of a", " wife"), (TEXT * 2, " end")]
+    requests = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    for (got, greedy), (expected, expected_greedy) in zip(lm.loglikelihood(requests), ref.loglikelihood(requests)):
+        assert got == pytest.approx(expected, abs=1e-4) and greedy == expected_greedy
+    rolling = [Instance("loglikelihood_rolling", {}, (TEXT * 3,), 0)]
+    assert lm.loglikelihood_rolling(rolling) == pytest.approx(ref.loglikelihood_rolling(rolling), rel=1e-6)
+    gen = [Instance("generate_until", {}, ("It is a truth", {"until": ["."], "max_gen_toks": 6}), 0)]
+    assert lm.generate_until(gen) == ref.generate_until(gen)
+
+
 def test_generate_until_is_greedy_generate(lm, tiny):
     from llmkit.generate import generate
 
