@@ -125,7 +125,8 @@ class QuantLinear(nn.Module):
 def smoothed_weight(linear: nn.Linear, smooth: torch.Tensor | None) -> torch.Tensor:
     """The weight to quantise: W diag(s) when smoothing (the input is divided by s), float32."""
     w = linear.weight.detach().float()
-    return w if smooth is None else w * smooth.float()
+    # rounded to the dtype the layer will store it in, so the input is divided by exactly what W was multiplied by
+    return w if smooth is None else w * smooth.to(linear.weight.dtype).float()
 
 
 class Int8Linear(QuantLinear):
