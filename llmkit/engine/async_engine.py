@@ -15,7 +15,7 @@ import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmkit.engine.llm_engine import LLMEngine
+from llmkit.engine.llm_engine import LLMEngine, LogitsProcessor
 from llmkit.engine.outputs import RequestOutput
 from llmkit.generate.sampling import SamplingParams
 
@@ -26,7 +26,7 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._streams: dict[str, asyncio.Queue] = {}
-        self._pending: list[tuple[str, Any, SamplingParams]] = []
+        self._pending: list[tuple[str, Any, SamplingParams, LogitsProcessor | None]] = []
         self._aborts: list[str] = []
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -44,9 +44,9 @@ class AsyncLLMEngine:
                 if final is not None and request_id in self._streams:
                     self._streams.pop(request_id).put_nowait(final)
             self._aborts.clear()
-            for request_id, prompt, params in self._pending:
+            for request_id, prompt, params, processor in self._pending:
                 try:
-                    engine.add_request(request_id, prompt, params)
+                    engine.add_request(request_id, prompt, params, logits_processor=processor)
                 except ValueError as e:
                     self._streams.pop(request_id).put_nowait(e)
             self._pending.clear()
@@ -72,8 +72,11 @@ class AsyncLLMEngine:
         """Raise ValueError for a request the engine would refuse (see ``LLMEngine.check_request``)."""
         self.engine.check_request(prompt, params)
 
-    async def generate(self, prompt: Any, params: SamplingParams | None, request_id: str) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prompt: Any, params: SamplingParams | None, request_id: str,
+                       logits_processor: LogitsProcessor | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request: each item holds, per continuation, the text and tokens new since the last.
+
+        ``logits_processor``: see :meth:`LLMEngine.add_request`.
 
         Raises:
             ValueError: a bad request (before anything is yielded).
@@ -85,7 +88,7 @@ class AsyncLLMEngine:
         self._ensure_loop()
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
-        self._pending.append((request_id, prompt, params))
+        self._pending.append((request_id, prompt, params, logits_processor))
         self._wake.set()
         sent: dict[int, tuple[int, int, int]] = {}  # per continuation: chars, tokens, logprobs already yielded
         finished = False

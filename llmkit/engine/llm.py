@@ -39,7 +39,8 @@ class LLM:
         tokenizer: the tokenizer when ``model`` is a module.
         dtype: weight dtype ("bf16", "fp32" or a torch dtype); None keeps the checkpoint's.
         device: where to run; None = CUDA when available, else CPU.
-        compile: reserved for a compiled decode step; None picks the device's default (eager).
+        compile: compile decode-only steps (``torch.compile``, one compile per batch bucket, tens of
+            seconds each on CPU); None = compile on CUDA (CUDA graphs), eager elsewhere.
         **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
             kv_cache_memory, enable_prefix_caching, speculative).
     """
@@ -68,7 +69,8 @@ class LLM:
         self.engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs,
                                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
                                 kv_cache_memory=kv_cache_memory, enable_prefix_caching=enable_prefix_caching,
-                                speculative=speculative)
+                                speculative=speculative,
+                                compile=model.device.type == "cuda" if compile is None else compile)
         self._next_id = 0
 
     @property

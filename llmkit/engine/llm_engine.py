@@ -20,7 +20,7 @@ from the same logits and the extra continuations fork the prompt's blocks.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence as Seq
+from collections.abc import Callable, Mapping, Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +42,18 @@ from llmkit.model import CausalLM
 from llmkit.tokenizer import Tokenizer
 
 
+# (output token ids so far, (V,) processed logits) -> logits, e.g. a grammar's token mask (-inf = forbidden)
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class _Track:
-    """Per request: its record, each continuation's text, and its random source."""
+    """Per request: its record, each continuation's text, its random source, and its logits processor."""
 
     request: Request
     texts: list[RowText]
     generator: torch.Generator | None
+    logits_processor: LogitsProcessor | None = None
 
 
 class LLMEngine:
@@ -63,12 +68,14 @@ class LLMEngine:
         kv_cache_memory: bytes (or "2GiB") for the pool; None = a share of free memory (see
             :mod:`llmkit.engine.memory`), never more than ``max_num_seqs`` full-context sequences need.
         enable_prefix_caching: reuse the computed blocks of common prompt prefixes.
-        speculative: speculative or lookahead decoding (:class:`SpeculativeConfig`); None = off.
+        speculative: speculative decoding (:class:`SpeculativeConfig`); None = off.
+        compile: run decode-only steps through ``torch.compile`` (one compile per batch bucket).
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, block_size: int = 16, kv_cache_memory: int | str | None = None,
-                 enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None):
+                 enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
+                 compile: bool = False):
         cfg = getattr(model, "cfg", None)
         if not isinstance(model, CausalLM):
             raise TypeError(f"the engine runs a CausalLM, got {type(model).__name__} "
@@ -87,7 +94,7 @@ class LLMEngine:
         num_blocks = min(memory // per_block, max_num_seqs * blocks_per_seq)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one KV block ({per_block} bytes)")
-        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, compile=compile)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, self.lookahead)
         self.proposer = build_proposer(speculative, draft, num_blocks, block_size) if speculative else None
@@ -133,8 +140,12 @@ class LLMEngine:
         return ids, params, max_tokens
 
     def add_request(self, request_id: str, prompt: Any, params: SamplingParams | None = None,
-                    arrival_time: float | None = None) -> None:
-        """Queue a request (see :meth:`check_request` for what is refused, with a ValueError)."""
+                    arrival_time: float | None = None, logits_processor: LogitsProcessor | None = None) -> None:
+        """Queue a request (see :meth:`check_request` for what is refused, with a ValueError).
+
+        ``logits_processor`` (optional) edits each of its continuations' processed logits before a token is
+        chosen (constrained decoding); such a request is not decoded speculatively.
+        """
         if request_id in self.tracks:
             raise ValueError(f"request id {request_id!r} is already in use")
         ids, params, max_tokens = self.check_request(prompt, params)
@@ -144,7 +155,7 @@ class LLMEngine:
         generator = None
         if params.seed is not None:
             generator = torch.Generator(self.model.device).manual_seed(params.seed)
-        self.tracks[request_id] = _Track(request, texts, generator)
+        self.tracks[request_id] = _Track(request, texts, generator, logits_processor)
         seq = Sequence(request, 0, ids)
         request.seqs.append(seq)
         self.scheduler.add(seq)
@@ -205,7 +216,8 @@ class LLMEngine:
         """Speculative drafts (and the draft's probabilities, if it samples) of the decoding sequences that take them."""
         if self.proposer is None:
             return {}
-        eligible = [s for s in seqs if not s.params.penalised and len(s.request.seqs) == s.params.n]
+        eligible = [s for s in seqs if not s.params.penalised and len(s.request.seqs) == s.params.n
+                    and self.tracks[s.request.request_id].logits_processor is None]
         if not eligible:
             return {}
         room = [min(self.lookahead, s.request.max_tokens - s.num_output_tokens - 1,
@@ -233,7 +245,12 @@ class LLMEngine:
                 owners.append(seq)
         if rows:
             raw = torch.stack(rows)
-            tokens = sampler.sample(sampler.process(raw, params, histories), params, generators)
+            processed = sampler.process(raw, params, histories)
+            for r, seq in enumerate(owners):
+                processor = self.tracks[seq.request.request_id].logits_processor
+                if processor is not None:
+                    processed[r] = processor(histories[r][1], processed[r])
+            tokens = sampler.sample(processed, params, generators)
             logprobs = self._logprobs(raw, tokens, params)
             i = 0
             while i < len(owners):

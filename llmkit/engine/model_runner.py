@@ -8,18 +8,37 @@ slot its K/V go to, and each sequence's block table and context length, and
 asks the model for logits only where a token will be chosen: the last
 position of a sequence whose known tokens are all fed, or every position of a
 speculative verification.
+
+Steps that only decode (one token per sequence, the common case under load)
+can run a compiled function (``compile=True``; :func:`llmkit.generate.compile.compile_step`:
+inductor with the batch-1 linear rewrite and the C++ attention kernel on CPU,
+CUDA graphs on CUDA). Its shapes must be static, so the batch is padded to the
+next of ``BATCH_BUCKETS`` and block tables are always as wide as the model's
+context; padded rows write their K/V to one spare block that no sequence owns.
+Each bucket compiles once, on first use.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence as Seq
+from collections.abc import Callable, Sequence as Seq
 
 import torch
+
+from llmkit.generate.compile import compile_step
 
 from llmkit.model import CausalLM
 from llmkit.model.metadata import PagedMetadata
 from llmkit.model.paged import PagedKVCache, PagedLatentCache
 
 Feed = tuple[list[int], int, list[int], int]  # (block table, first position, token ids, logits wanted)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def decode_step(model: CausalLM, caches: list, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                tables: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """One token for each of B sequences (the function that gets compiled): ids (1, B) -> logits (B, V) float32."""
+    b = ids.shape[1]
+    paged = PagedMetadata(caches, slots, tables, lens, [1] * b, None, b)
+    return model(ids, position_ids=positions, paged=paged)[0].float()
 
 
 def block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
@@ -35,20 +54,30 @@ class ModelRunner:
 
     Args:
         model: a :class:`CausalLM` in eval mode.
-        num_blocks: blocks in the pool.
+        num_blocks: blocks in the pool (one more is allocated: the compiled step's padding writes there).
         block_size: token slots per block.
+        compile: compile decode-only steps.
     """
 
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int):
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, compile: bool = False):
         cfg = model.cfg
         self.model, self.block_size = model, block_size
         self.device, dtype = model.device, model.dtype
+        total = num_blocks + 1
         if cfg.attention == "mla":
-            self.caches = [PagedLatentCache(num_blocks, block_size, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype,
+            self.caches = [PagedLatentCache(total, block_size, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype,
                                             self.device) for _ in range(cfg.n_layers)]
         else:
-            self.caches = [PagedKVCache(num_blocks, block_size, cfg.kv_heads, cfg.head_size, cfg.head_size, dtype,
+            self.caches = [PagedKVCache(total, block_size, cfg.kv_heads, cfg.head_size, cfg.head_size, dtype,
                                         self.device) for _ in range(cfg.n_layers)]
+        self.spare_slot = num_blocks * block_size
+        self.table_width = -(-cfg.max_seq_len // block_size) + 1
+        self.compile = compile
+        if compile and self.device.type == "cpu":
+            from llmkit.generate import decode_attention
+
+            decode_attention.load()  # built before tracing: compiled code only reads its LOADED flag
+        self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> compiled decode step
 
     def copy_blocks(self, copies: Seq[tuple[int, int]]) -> None:
         """Copy-on-write: block ``src``'s slots to block ``dst`` in every layer's pools."""
@@ -68,6 +97,8 @@ class ModelRunner:
         Returns:
             Per feed, (logits wanted, V) float32 logits, in the order of ``feeds``.
         """
+        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f[2]) == f[3] == 1 for f in feeds):
+            return self._run_compiled(feeds)
         order = sorted(range(len(feeds)), key=lambda i: len(feeds[i][2]) != 1)  # decodes first
         bs = self.block_size
         ids, positions, slots, tables, lens, qlens, keep = [], [], [], [], [], [], []
@@ -96,3 +127,23 @@ class ModelRunner:
             out[i] = logits[row:row + wanted]
             row += wanted
         return out
+
+    def _run_compiled(self, feeds: Seq[Feed]) -> list[torch.Tensor]:
+        """A decode-only step through the compiled function of its batch bucket."""
+        b = len(feeds)
+        bucket = next(size for size in BATCH_BUCKETS if size >= b)
+        bs, pad = self.block_size, bucket - b
+        positions = [start for _, start, _, _ in feeds] + [0] * pad
+        slots = [table[p // bs] * bs + p % bs for (table, _, _, _), p in zip(feeds, positions)]
+        tables = torch.zeros(bucket, self.table_width, dtype=torch.int32)
+        for i, (table, _, _, _) in enumerate(feeds):
+            tables[i, :len(table)] = torch.tensor(table, dtype=torch.int32)
+        dev = self.device
+        step = self.steps.get(bucket)
+        if step is None:
+            step = self.steps[bucket] = compile_step(decode_step, dev)
+        logits = step(self.model, self.caches, torch.tensor([[f[2][0] for f in feeds] + [0] * pad], device=dev),
+                      torch.tensor([positions], device=dev),
+                      torch.tensor(slots + [self.spare_slot] * pad, device=dev), tables.to(dev),
+                      torch.tensor([p + 1 for p in positions], dtype=torch.int32, device=dev))
+        return [logits[i:i + 1] for i in range(b)]

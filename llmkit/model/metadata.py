@@ -30,7 +30,8 @@ class PagedMetadata:
         block_tables: (B, M) int32, the blocks of each sequence (unused entries arbitrary).
         context_lens: (B,) int32, tokens of each sequence in the cache once this step's are written.
         query_lens: B host ints, this step's tokens of each sequence (they sum to N).
-        host_context_lens: ``context_lens`` as B host ints (slicing without a device sync).
+        host_context_lens: ``context_lens`` as B host ints (slicing without a device sync); None in a
+            compiled decode-only step, whose shapes must not depend on them.
         num_decodes: how many leading sequences have exactly one token.
     """
 
@@ -39,7 +40,7 @@ class PagedMetadata:
     block_tables: torch.Tensor
     context_lens: torch.Tensor
     query_lens: list[int]
-    host_context_lens: list[int]
+    host_context_lens: list[int] | None
     num_decodes: int
 
 

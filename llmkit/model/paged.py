@@ -99,8 +99,9 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     out = q.new_empty(n, h, v.shape[-1])
     nd = paged.num_decodes
     if nd:
+        longest = max(paged.host_context_lens[:nd]) if paged.host_context_lens is not None else None
         out[:nd] = decode_attention(q[:nd], cache.k, cache.v, paged.block_tables[:nd], paged.context_lens[:nd],
-                                    max(paged.host_context_lens[:nd]), scale)
+                                    longest, scale)
     for i, start, t, ctx in segments(paged, first=nd):  # prompt chunks
         if t == ctx:  # nothing cached before this chunk: its own K/V are the whole context
             ks, vs = k[start:start + t], v[start:start + t]
@@ -115,20 +116,23 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
 
 
 def decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
-                     context_lens: torch.Tensor, max_context: int, scale: float) -> torch.Tensor:
+                     context_lens: torch.Tensor, max_context: int | None, scale: float) -> torch.Tensor:
     """One query per sequence over its paged cache: q (B, H, D) -> (B, H, Dv).
 
     On CPU the C++ kernel reads the blocks in place; elsewhere (or without a compiler) the
-    blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA.
+    blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA, ``max_context`` slots wide
+    (None: the whole block table, a static width for a compiled step).
     """
     from llmkit.generate import decode_attention as kernel  # lazy: generate/ builds the kernel
 
     b, h, d = q.shape
     hkv = k_pool.shape[2]
     q = q.view(b, hkv, h // hkv, d)  # grouped query heads folded into the row axis
-    if q.device.type == "cpu" and q.dtype == k_pool.dtype and kernel.load():
+    if q.device.type == "cpu" and q.dtype == k_pool.dtype and (kernel.LOADED or kernel.load()):
         y = kernel.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)
         return y.reshape(b, h, -1)
+    if max_context is None:
+        max_context = block_tables.shape[1] * k_pool.shape[1]
     blocks = -(-max_context // k_pool.shape[1])
     keys = k_pool[block_tables[:, :blocks]].flatten(1, 2)[:, :max_context].transpose(1, 2)  # (B, Hkv, S, D)
     values = v_pool[block_tables[:, :blocks]].flatten(1, 2)[:, :max_context].transpose(1, 2)

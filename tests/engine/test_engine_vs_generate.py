@@ -1,4 +1,6 @@
 """The engine's greedy output equals plain ``llmkit.generate`` greedy, token for token, whatever the batching."""
+import warnings
+
 import pytest
 
 from llmkit.engine import LLMEngine, SamplingParams
@@ -67,3 +69,15 @@ def test_smollm2_on_the_engine_equals_generate(smollm2_gguf):
     for i, (prompt, max_tokens, _) in enumerate(reqs):
         assert got[str(i)] == naive(model, prompt, max_tokens, {tok.eos_id}), f"request {i}"
     assert engine.blocks.cache_hits > 0
+
+
+@pytest.mark.slow
+def test_compiled_decode_steps_equal_eager(tiny, tokenizer, reference):
+    reqs, expected = reference
+    reqs, expected = reqs[:2], expected[:2]  # decode-only steps of one and of two rows: buckets 1 and 2
+    engine = build(tiny, tokenizer, compile=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile of the decode step failed")
+        got = run_arrivals(engine, reqs, lambda i: SamplingParams(max_tokens=reqs[i][1]))
+    assert [got[str(i)] for i in range(2)] == expected
+    assert set(engine.runner.steps) >= {1, 2}  # decode-only steps of one and two rows were compiled

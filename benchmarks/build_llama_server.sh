@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-server` (the continuous-batching peer of benchmarks/engine.py and serve.py)
+# from the llama.cpp sources vendored in the llama-cpp-python sdist on PyPI, and cache the binary.
+# Prints the binary's path. Usage: benchmarks/build_llama_server.sh [llama-cpp-python version]
+set -euo pipefail
+version="${1:-0.3.36}"
+cache="${LLMKIT_CACHE:-$HOME/.cache/llmkit}/llama-server/$version"
+binary="$cache/llama-server"
+if [ -x "$binary" ]; then
+    echo "$binary"
+    exit 0
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python3 -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+    "llama-cpp-python==$version" -d "$work" >&2
+tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+# CPU build for this machine (native SIMD, OpenMP); no curl: the server only loads local files
+cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
+cmake --build "$work/build" --target llama-server llama-quantize -j "$(nproc)" >&2
+mkdir -p "$cache"
+cp "$work/build/bin/llama-server" "$work/build/bin/llama-quantize" "$cache/"
+echo "$binary"
