@@ -74,6 +74,7 @@ def test_bad_shapes_name_the_problem():
 
 
 @built
+@pytest.mark.slow  # opcheck traces each op several ways (~10 s)
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_k"])
 def test_opcheck(qtype):
     w = random_blocks(qtype, 16, 256)
