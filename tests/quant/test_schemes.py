@@ -94,3 +94,20 @@ def test_lora_trains_on_a_quantized_base_and_merges(tiny, ids):
     assert grads and all(g is not None for g in grads)
     merged = merge_and_unload(q)
     assert not any(isinstance(m, QuantLinear) for m in merged.modules())
+
+
+def test_calibration_ids_are_seeded_windows_of_the_training_text(tmp_path):
+    from llmkit.quant.calibrate import calibration_ids
+
+    class Chars:
+        def encode(self, text, add_special_tokens=True):
+            return [ord(c) % 96 for c in text]
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"line {i} of the calibration text\n" for i in range(400)))
+    ids = calibration_ids(Chars(), str(path), n=6, seq_len=20, seed=1)
+    assert ids.shape == (6, 20) and ids.dtype == torch.long
+    assert torch.equal(ids, calibration_ids(Chars(), str(path), n=6, seq_len=20, seed=1))
+    assert not torch.equal(ids, calibration_ids(Chars(), str(path), n=6, seq_len=20, seed=2))
+    with pytest.raises(ValueError, match="no document long enough"):
+        calibration_ids(Chars(), str(path), n=1, seq_len=100_000)
