@@ -16,13 +16,14 @@ from llmkit.align.grpo import GRPOLossType, ScaleRewards
 from llmkit.train.config import DType, Schedule, _help
 from llmkit.validate import check_choices
 
-Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo", "distill"]
+Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo", "distill", "best-of-n"]
 DPOLossType = Literal["sigmoid", "robust", "hinge", "ipo", "exo_pair", "bco_pair", "sppo_hard", "nca_pair",
                       "apo_zero", "apo_down", "sigmoid_norm"]
 PEFT = Literal["lora", "none"]
 PREFERENCE_METHODS = ("reward", "dpo", "orpo", "simpo")
-DEFAULT_DATA = {"grpo": "arithmetic", "distill": "austen-chat"}  # others: austen-prefs
-DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0, "distill": 0.0}
+DEFAULT_DATA = {"grpo": "arithmetic", "best-of-n": "arithmetic", "distill": "austen-chat"}  # others: austen-prefs
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0, "distill": 0.0,
+                "best-of-n": 0.0}
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,14 @@ class AlignConfig:
     gamma: float = field(default=0.5, metadata=_help("simpo: target reward margin"))
     desirable_weight: float = field(default=1.0, metadata=_help("kto: weight of desirable examples"))
     undesirable_weight: float = field(default=1.0, metadata=_help("kto: weight of undesirable examples"))
-    group_size: int = field(default=4, metadata=_help("grpo: completions sampled per prompt"))
+    group_size: int = field(default=4, metadata=_help("grpo, best-of-n: completions sampled per prompt"))
     max_new_tokens: int = field(default=32, metadata=_help("grpo: tokens per sampled completion at most"))
     temperature: float = field(default=1.0, metadata=_help(
         "grpo: sampling temperature of the rollouts; distill: of the softmaxes and the student's samples"))
+    reward_model: str = field(default="", metadata=_help(
+        "best-of-n: score with the reward model of this `llmkit align reward` out_dir; empty: verify answers"))
+    min_score: float | None = field(default=None, metadata=_help(
+        "best-of-n: keep a prompt's best sample only at or above this score (default: a correct answer)"))
     lmbda: float = field(default=0.0, metadata=_help("distill: share of steps on student-sampled completions (GKD)"))
     epsilon_low: float = field(default=0.2, metadata=_help("grpo: the ratio is clipped below at 1 - this"))
     epsilon_high: float = field(default=0.28, metadata=_help("grpo: the ratio is clipped above at 1 + this"))
@@ -109,14 +114,14 @@ class AlignConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "samples", "label_smoothing", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"AlignConfig.{name}={getattr(self, name)}: must be >= 0")
-        if self.method == "grpo" and self.group_size < 2:
-            raise ValueError(f"AlignConfig.group_size={self.group_size}: GRPO needs >= 2 completions per prompt")
+        if self.method in ("grpo", "best-of-n") and self.group_size < 2:
+            raise ValueError(f"AlignConfig.group_size={self.group_size}: {self.method} needs >= 2 samples per prompt")
         if self.method == "distill":
             if not self.teacher:
                 raise ValueError("AlignConfig.teacher='': distill needs a teacher model")
             if not (0.0 <= self.method_beta <= 1.0 and 0.0 <= self.lmbda <= 1.0):
                 raise ValueError(f"AlignConfig.beta={self.beta}, lmbda={self.lmbda}: distill needs both in [0, 1]")
-        elif self.method_beta < 0 or (self.method not in ("grpo", "reward") and self.method_beta == 0):
+        elif self.method_beta < 0 or (self.method not in ("grpo", "reward", "best-of-n") and self.method_beta == 0):
             raise ValueError(f"AlignConfig.beta={self.beta}: must be > 0 for {self.method}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"AlignConfig.lr={self.lr}: must be > 0")

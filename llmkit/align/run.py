@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from llmkit.align.best_of_n import best_of_n, load_reward_model, reward_model_scorer
 from llmkit.align.builtin import PREFERENCE_SETS, arithmetic_reward, arithmetic_set, preference_set
 from llmkit.align.config import AlignConfig
 from llmkit.align.data import encode_completions, encode_kto, encode_pairs, read_kto, read_preferences, read_prompts
@@ -72,7 +73,7 @@ def load_records(cfg: AlignConfig) -> Records:
         val = _completions(read_conversations(cfg.val_data), cfg.val_data) if cfg.val_data else None
         n_val = max(1, int(len(train) * HOLD_OUT))
         return Records(train, val, name) if val else Records(train[:-n_val], train[-n_val:], name)
-    if cfg.method == "grpo":
+    if cfg.method in ("grpo", "best-of-n"):
         if name == "arithmetic":
             return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
                            arithmetic_set(VAL_PROMPTS, "val", seed=cfg.seed), name)
@@ -215,6 +216,8 @@ def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]
     """
     cfg = cfg.validate()
     out = Path(cfg.out_dir)
+    if cfg.method == "best-of-n":
+        return _best_of_n(cfg)
     if latest_checkpoint(out / "train") is not None and not cfg.resume:
         raise ValueError(f"{out} already holds an alignment run: continue it with --resume (and a larger "
                          "--max_steps), or choose another --out_dir")
@@ -262,6 +265,21 @@ def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]
     write_report(out / "report.md", report, _command(cfg))
     print(f"llmkit align: wrote {out / 'report.md'}, {out / 'align.json'}", flush=True)
     return report
+
+
+def _best_of_n(cfg: AlignConfig) -> dict[str, Any]:
+    """Rejection sampling with the model as it is (no training): see :mod:`llmkit.align.best_of_n`."""
+    records = load_records(cfg).train
+    model, tokenizer = load_model_and_tokenizer(resolve_model(cfg.model))
+    scorer = reward_model_scorer(load_reward_model(cfg.reward_model), tokenizer, cfg.seq_len) if cfg.reward_model \
+        else None
+    summary = best_of_n(model, tokenizer, records, cfg.out_dir, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed, scorer=scorer,
+                        min_score=cfg.min_score)
+    print(f"llmkit align: best-of-{cfg.group_size} over {summary['prompts']} prompts: mean score "
+          f"{summary['mean_score_first']:.4f} (one sample) -> {summary['mean_score_best']:.4f} (best); kept "
+          f"{summary['kept']} in {summary['output']}", flush=True)
+    return summary
 
 
 def _command(cfg: AlignConfig) -> str:

@@ -128,3 +128,18 @@ def test_distillation_into_a_preset_student_lowers_the_divergence(tiny_dir, tmp_
     assert student.cfg.vocab_size == CausalLM.from_pretrained(tiny_dir).cfg.vocab_size
     with pytest.raises(ValueError, match="teacher"):
         AlignConfig(method="distill").validate()
+
+
+def test_best_of_n_keeps_the_best_sample_under_a_trained_reward_model(tiny_dir, prefs, tmp_path):
+    align(config(tiny_dir, prefs, tmp_path / "rm", method="reward", max_steps=4))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS[:6]))
+    cfg = AlignConfig(method="best-of-n", model=str(tiny_dir), data=str(tmp_path / "prompts.jsonl"),
+                      reward_model=str(tmp_path / "rm"), out_dir=str(tmp_path / "bon"), group_size=3,
+                      max_new_tokens=5, batch_size=4, seq_len=64, device="cpu")
+    summary = align(cfg)
+    assert summary["kept"] == 5 and summary["n"] == 3  # 6 prompts, one held out by the file split
+    assert summary["mean_score_best"] >= summary["mean_score_first"]
+    kept = [json.loads(line)["messages"] for line in (tmp_path / "bon" / "best_of_n.jsonl").read_text().splitlines()]
+    assert [m[-1]["role"] for m in kept] == ["assistant"] * 5
+    with pytest.raises(ValueError, match="field 'answer': is missing"):
+        align(AlignConfig(**{**cfg.to_dict(), "reward_model": ""}))
