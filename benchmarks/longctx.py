@@ -9,7 +9,7 @@ standard passkey prompts (llmkit.eval.passkey) at several needle depths:
 - truncation to the last ``context`` tokens (the naive baseline),
 - StreamingLLM (4 sinks + a window filling the budget),
 - NBCE and PCW over pieces of the document that fit the budget with the question,
-- InfLLM and kNN attention (a local window of half the budget, the rest retrieved).
+- InfLLM and kNN attention (a local window of half the budget, chunks of 1/8, the rest retrieved).
 
 Prints one table: accuracy, the most keys one query attends to, the KV tokens
 held at the end, and prompt+answer tokens per second (a shared CPU makes the
@@ -58,7 +58,7 @@ def run_method(name: str, model, doc: list[int], question: list[int], budget: in
         ctx = pieces(doc, piece)
         # task tokens attend to every window: positions stay within the budget, keys do not
         return pcw_generate(model, ctx, question, NEW), len(ids) + NEW, len(ids) + NEW
-    window, chunk = budget // 2, 64
+    window, chunk = budget // 2, budget // 8
     if name == "InfLLM":
         block = 32
         topk = (budget - window - chunk - 4 - block) // block  # sinks + top-k blocks + partial block + window + chunk

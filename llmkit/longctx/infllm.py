@@ -55,9 +55,9 @@ class BlockMemory:
             bk, bv, rep = self.blocks
             relevance = torch.einsum("bhd,bhnrd->bhn", q.float().mean(dim=(2, 3)), rep.float())  # (B, Hkv, nb)
             pick = relevance.topk(min(self.topk, self.n_blocks), dim=-1).indices  # (B, Hkv, k)
-            b, h, _, bs, d = bk.shape
-            keys.append(bk.gather(2, pick[..., None, None].expand(-1, -1, -1, bs, d)).reshape(b, h, -1, d))
-            values.append(bv.gather(2, pick[..., None, None].expand(-1, -1, -1, bs, bv.shape[-1])).reshape(b, h, -1, bv.shape[-1]))
+            for store, out in ((bk, keys), (bv, values)):
+                b, h, _, bs, d = store.shape
+                out.append(store.gather(2, pick[..., None, None].expand(-1, -1, -1, bs, d)).reshape(b, h, -1, d))
         if self.pending is not None:
             keys.append(self.pending[0])
             values.append(self.pending[1])

@@ -53,8 +53,9 @@ class ParallelContext:
             n = len(w)
             visible = torch.zeros(1, start + n, dtype=torch.long, device=self.device)
             visible[:, start:] = 1  # this window's own slots; earlier windows are hidden
-            model(torch.tensor([list(w)], device=self.device), input_pos=torch.arange(start, start + n, device=self.device),
-                  attention_mask=visible, position_ids=torch.arange(n, device=self.device)[None])
+            slots = torch.arange(start, start + n, device=self.device)
+            model(torch.tensor([list(w)], device=self.device), input_pos=slots, attention_mask=visible,
+                  position_ids=torch.arange(n, device=self.device)[None])
             start += n
 
     @torch.no_grad()

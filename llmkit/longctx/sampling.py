@@ -21,7 +21,8 @@ def check_sampling(sampling: SamplingParams | None) -> SamplingParams:
     return sampling
 
 
-def next_token(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+def next_token(logits: torch.Tensor, sampling: SamplingParams,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """(B, V) scores -> (B,) chosen ids: argmax when greedy, else a Gumbel-max sample of the processed logits."""
     logits = process_logits(logits.float(), sampling)
     noise = None if sampling.greedy else gumbel_noise(tuple(logits.shape), logits.device, generator)

@@ -63,7 +63,8 @@ def test_block_retrieval_picks_the_block_the_query_points_at():
 def test_faiss_index_equals_exact_top_k():
     pytest.importorskip("faiss")
     g = torch.Generator().manual_seed(0)
-    k, v, q = torch.randn(2, 2, 50, 8, generator=g), torch.randn(2, 2, 50, 8, generator=g), torch.randn(2, 2, 3, 4, 8, generator=g)
+    k, v = torch.randn(2, 2, 50, 8, generator=g), torch.randn(2, 2, 50, 8, generator=g)
+    q = torch.randn(2, 2, 3, 4, 8, generator=g)
     exact, fast = KNNMemory(5, "exact"), KNNMemory(5, "faiss")
     for m in (exact, fast):
         m.add(k[:, :, :20], v[:, :, :20], None)

@@ -34,7 +34,8 @@ def test_chunks_fit_keep_sentences_whole_and_lose_nothing():
 def test_an_overlong_sentence_is_cut_at_words_then_characters():
     chunks = split_text("one two three four five six seven. " + "x" * 10 + " end.", len, 9)
     assert all(len(c) <= 9 for c in chunks)
-    assert "".join(chunks).replace(" ", "") == ("one two three four five six seven. " + "x" * 10 + " end.").replace(" ", "")
+    text = "one two three four five six seven. " + "x" * 10 + " end."
+    assert "".join(chunks).replace(" ", "") == text.replace(" ", "")
 
 
 def test_bad_budget_and_empty_text():
