@@ -119,6 +119,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.blocks.allocate(seq)
+            if seq.num_output_tokens == 0:  # first admission (not a resumption after preemption)
+                seq.request.metrics.num_cached_tokens = seq.num_computed_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append((seq, min(seq.num_uncomputed, budget)))

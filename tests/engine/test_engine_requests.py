@@ -146,6 +146,8 @@ def test_llm_generate_keeps_prompt_order_and_accepts_every_prompt_form(tiny, tok
     assert [len(o.outputs[0].token_ids) for o in outs] == [3, 1, 7, 2]
     assert outs[0].prompt_token_ids == [5, 6, 7] and outs[1].prompt == "Hello"
     assert outs[2].metrics.first_token_time >= outs[2].metrics.arrival_time
+    again = llm.generate([[7] * 40 + [8]], SamplingParams(max_tokens=1), use_tqdm=False)[0]
+    assert again.metrics.num_cached_tokens == 32  # two full 16-token blocks of the earlier prompt
     with pytest.raises(ValueError, match="sampling_params"):
         llm.generate(prompts, params[:2])
     assert not llm.engine.has_unfinished_requests()  # a refused batch queues nothing

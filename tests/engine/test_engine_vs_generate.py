@@ -42,6 +42,7 @@ def test_engine_greedy_equals_generate(tiny, tokenizer, reference, name):
         assert engine.num_preemptions > 0
     if name == "default":
         assert engine.blocks.cache_hits > 0  # the shared prefix was served from the cache
+        assert engine.stats()["prefix_cache_hit_rate"] > 0
     if name == "no-prefix-cache":
         assert engine.blocks.cache_hits == 0
 
