@@ -103,8 +103,8 @@ class PreferenceObjective:
     def loss(self, module: nn.Module, model: nn.Module, batch, step: int) -> tuple[Tensor, dict[str, float]]:
         loss, cr, rj, _ = self._losses(module, batch)
         metrics = _pair_metrics(loss, cr, rj)
-        del metrics["loss"]
-        return loss, metrics
+        del metrics["loss"]  # the trainer logs the loss itself
+        return loss, {**metrics, "tokens": batch[0].numel()}
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         def one(batch):
@@ -140,8 +140,8 @@ class RewardObjective:
         c, r = self._scores(module, batch)
         loss = reward_loss(c, r).mean()
         metrics = _pair_metrics(loss, c.detach(), r.detach())
-        del metrics["loss"]
-        return loss, metrics
+        del metrics["loss"]  # the trainer logs the loss itself
+        return loss, {**metrics, "tokens": batch[0].numel()}
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         def one(batch):
@@ -179,7 +179,8 @@ class KTOObjective:
 
     def loss(self, module: nn.Module, model: nn.Module, batch, step: int) -> tuple[Tensor, dict[str, float]]:
         loss, cr, rj, kl = self._losses(module, batch)
-        return loss, {"reward_chosen": _mean(cr), "reward_rejected": _mean(rj), "kl": kl.item()}
+        return loss, {"reward_chosen": _mean(cr), "reward_rejected": _mean(rj), "kl": kl.item(),
+                      "tokens": batch[0].numel() + batch[3].numel()}
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         def one(batch):

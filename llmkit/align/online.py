@@ -98,7 +98,7 @@ class GRPOObjective:
                          loss_type=self.loss_type, max_completion_length=self.max_new_tokens)
         metrics = {"reward": rewards.mean().item(), "accuracy": (rewards >= self.correct).float().mean().item(),
                    "completion_len": float(sum(map(len, ids)) / len(ids)),
-                   "reward_std": rewards.view(-1, self.group_size).std(1).mean().item()}
+                   "reward_std": rewards.view(-1, self.group_size).std(1).mean().item(), "tokens": x.numel()}
         if ref is not None:
             metrics["kl"] = masked_mean(k3_kl(pol.tokens.detach(), ref.tokens), pol.mask).item()
         return loss, metrics
@@ -162,7 +162,7 @@ class DistillObjective:
     def loss(self, module: nn.Module, model: nn.Module, batch, step: int) -> tuple[Tensor, dict[str, float]]:
         x, y = self._batch(model, batch, step)
         loss, nll = self._losses(module, x, y)
-        return loss, {"nll": nll.item()}
+        return loss, {"nll": nll.item(), "tokens": x.numel()}
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         total, nll, n = 0.0, 0.0, 0

@@ -29,8 +29,9 @@ class Objective(Protocol):
     """What a method supplies to :class:`AlignTrainer`."""
 
     def loss(self, module: nn.Module, model: nn.Module, batch: Any, step: int) -> tuple[Tensor, dict[str, float]]:
-        """The loss of one micro-batch and its metrics; ``module`` runs forward/backward (maybe DDP-wrapped),
-        ``model`` is the bare model (for generation); ``step`` seeds anything random."""
+        """The loss of one micro-batch and its metrics, among them ``tokens`` (positions run through the model);
+        ``module`` runs forward/backward (maybe DDP-wrapped), ``model`` is the bare model (for generation);
+        ``step`` seeds anything random."""
         ...
 
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
@@ -58,12 +59,14 @@ class AlignTrainer(Trainer):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sums: dict[str, float] = {}
+        tokens = 0
         for i in range(cfg.grad_accum):
             batch = next(self.data.train)
             with distributed.grad_sync(self.module, sync=i == cfg.grad_accum - 1):
                 with autocast(d.device, cfg.dtype):
                     loss, metrics = self.objective.loss(self.module, self.model, batch, self.step)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
+            tokens += int(metrics.pop("tokens"))
             for k, v in {"loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
         self.scaler.unscale_(self.optimizer)
@@ -74,9 +77,10 @@ class AlignTrainer(Trainer):
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.tokens += tokens
         seconds = time.perf_counter() - start
-        return {"step": self.step, **sums, "lr": lr, "grad_norm": float(grad_norm), "tok_per_s": 0.0,
-                "step_s": seconds}
+        return {"step": self.step, **sums, "lr": lr, "grad_norm": float(grad_norm), "tok_per_s": tokens / seconds,
+                "tokens": self.tokens, "step_s": seconds}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
