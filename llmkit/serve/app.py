@@ -27,13 +27,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from llmkit.engine.async_engine import AsyncLLMEngine
-from llmkit.serve import errors
+from llmkit.serve import errors, tools as tool_calls
 from llmkit.serve.errors import APIError
-from llmkit.serve.format import Accumulator, chat_logprobs, completion_logprobs
+from llmkit.serve.format import Accumulator, Choice, chat_logprobs, completion_logprobs
 from llmkit.serve.protocol import (AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk,
                                    ChatCompletionRequest, ChatCompletionResponse, CompletionChoice,
                                    CompletionRequest, CompletionResponse, DeltaMessage, ModelCard, ModelList,
-                                   SamplingRequest, random_id)
+                                   NamedToolChoice, SamplingRequest, random_id)
 from llmkit.serve.state import ServeConfig, ServerState
 
 STATIC = resources.files("llmkit.serve") / "static"
@@ -68,6 +68,13 @@ async def _until_disconnect(request: Request, work: AsyncIterator) -> list:
 async def _drain(work: AsyncIterator) -> list:
     async with contextlib.aclosing(work) as it:
         return [item async for item in it]
+
+
+def _mask(state: ServerState, schema: dict | None, param: str):
+    try:
+        return state.grammar_mask(schema)
+    except ValueError as e:
+        raise APIError(400, str(e), param, "invalid_value") from None
 
 
 def _news(o, k: int | None, index: int, ended: set[int]) -> bool:
@@ -169,13 +176,32 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
         k = (body.top_logprobs or 0) if body.logprobs else None
         params = _params(body, body.max_completion_tokens or body.max_tokens, k)
-        if body.response_format is not None and body.response_format.type != "text":
-            raise APIError(400, f"response_format {body.response_format.type!r} is not supported",
-                           "response_format", "unsupported")
         tokenizer = engine.engine.tokenizer
         messages = [m.for_template() for m in body.messages]
+        tools = body.tools if body.tools and body.tool_choice != "none" else None
+        forced = tools is not None and body.tool_choice not in (None, "auto")
+        if body.tool_choice not in (None, "none", "auto") and not body.tools:
+            raise APIError(400, "tool_choice needs tools", "tool_choice", "invalid_value")
+        variables = {}
+        if tools:
+            messages, variables = tool_calls.inject(messages, tools, tokenizer.chat_template or "")
+        processor = None
+        if forced:
+            name = body.tool_choice.function.name if isinstance(body.tool_choice, NamedToolChoice) else None
+            try:
+                schema = tool_calls.call_schema(tools, name)
+            except ValueError as e:
+                raise APIError(400, str(e), "tool_choice", "invalid_value") from None
+            processor = _mask(state, schema, "tools")
+        elif body.response_format is not None and body.response_format.type != "text":
+            fmt = body.response_format
+            if fmt.type == "json_schema" and not isinstance((fmt.json_schema or {}).get("schema"), dict):
+                raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                               "response_format.json_schema", "invalid_value")
+            processor = _mask(state, fmt.json_schema["schema"] if fmt.type == "json_schema" else None,
+                              "response_format")
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **variables)
         except (ValueError, jinja2.TemplateError) as e:
             raise APIError(400, f"messages: the chat template failed: {e}", "messages", "invalid_value") from None
         state.check_request(ids, params, "messages")
@@ -183,6 +209,12 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
 
         def logprobs(rows):
             return None if k is None else chat_logprobs(tokenizer, rows, k)
+
+        def reply(c: Choice) -> tuple[AssistantMessage, str | None]:
+            if not tools:
+                return AssistantMessage(content=c.text), c.finish_reason
+            content, calls = tool_calls.parse(c.text, forced)
+            return AssistantMessage(content=content, tool_calls=calls or None), "tool_calls" if calls else c.finish_reason
 
         if body.stream:
             def chunk(choices, usage=None):
@@ -192,12 +224,18 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
             async def events() -> AsyncIterator[str]:
                 started: set[int] = set()
                 ended: set[int] = set()
-                async for _, delta in state.stream([ids], params, rid):
+                async for _, delta in state.stream([ids], params, rid, processor):
                     for index, o in acc.add(0, delta):
                         if index not in started:
                             started.add(index)
                             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
-                        if _news(o, k, index, ended):
+                        if tools and o.finish_reason and index not in ended:  # calls parse from the whole reply
+                            ended.add(index)
+                            message, reason = reply(acc.choices[index])
+                            calls = [{"index": j, **c.model_dump()} for j, c in enumerate(message.tool_calls or [])]
+                            yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(
+                                content=message.content, tool_calls=calls or None), finish_reason=reason)])
+                        elif not tools and _news(o, k, index, ended):
                             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=o.text or None),
                                                          logprobs=logprobs(o.logprobs or []),
                                                          finish_reason=o.finish_reason)])
@@ -206,10 +244,10 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
 
             return _streaming(state, events)
         with state.admitted():
-            for _, delta in await _until_disconnect(request, state.stream([ids], params, rid)):
+            for _, delta in await _until_disconnect(request, state.stream([ids], params, rid, processor)):
                 acc.add(0, delta)
-        choices = [ChatChoice(index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
-                              logprobs=logprobs(c.logprobs)) for i, c in acc.ordered()]
+        choices = [ChatChoice(index=i, message=message, finish_reason=reason, logprobs=logprobs(c.logprobs))
+                   for i, c in acc.ordered() for message, reason in [reply(c)]]
         return ChatCompletionResponse(id=rid, model=model, choices=choices, usage=acc.usage())
 
     app.include_router(v1)

@@ -18,13 +18,16 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmkit.engine.async_engine import AsyncLLMEngine
 from llmkit.engine.outputs import RequestOutput
 from llmkit.generate.sampling import SamplingParams
 from llmkit.serve.errors import APIError
 from llmkit.serve.metrics import Metrics
+
+if TYPE_CHECKING:
+    from llmkit.serve.structured import GrammarMask
 
 log = logging.getLogger("llmkit.serve")
 
@@ -49,6 +52,7 @@ class ServerState:
         self.engine: AsyncLLMEngine | None = None
         self.load_error: str | None = None
         self.in_flight = 0
+        self._grammar_tokenizer = None  # built on the first constrained request
         self.metrics = Metrics(lambda: None if self.engine is None else self.engine.engine.stats())
 
     def start_loading(self) -> threading.Thread:
@@ -106,8 +110,24 @@ class ServerState:
             self.in_flight -= 1
 
     # ----- generation -----
-    async def stream(self, prompts: list[Any], params: SamplingParams, request_id: str
-                     ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    def grammar_mask(self, schema: dict[str, Any] | None) -> GrammarMask:
+        """A logits processor constraining a request to JSON matching ``schema`` (None = any object).
+
+        Raises:
+            APIError: 400 for a schema that does not compile, or when the tokenizer cannot be constrained.
+        """
+        try:
+            from llmkit.serve.structured import GrammarMask, GrammarTokenizer, json_grammar
+
+            if self._grammar_tokenizer is None:
+                self._grammar_tokenizer = GrammarTokenizer(self.ready().engine.tokenizer)
+            return GrammarMask(self._grammar_tokenizer, json_grammar(schema))
+        except ImportError:
+            raise APIError(400, "structured output needs the llguidance package on the server", "response_format",
+                           "unsupported") from None
+
+    async def stream(self, prompts: list[Any], params: SamplingParams, request_id: str,
+                     logits_processor: Callable | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
         """``(prompt index, delta)`` of every prompt's engine request, as they arrive.
 
         Raises:
@@ -119,7 +139,7 @@ class ServerState:
         async def pump(i: int, prompt: Any) -> None:
             observe = self.metrics.track()
             try:
-                async with contextlib.aclosing(engine.generate(prompt, params, f"{request_id}-{i}")) as gen:
+                async with contextlib.aclosing(engine.generate(prompt, params, f"{request_id}-{i}", logits_processor)) as gen:
                     async for delta in gen:
                         observe(delta)
                         queue.put_nowait((i, delta))

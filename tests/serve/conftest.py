@@ -26,7 +26,7 @@ def tokenizer() -> Tokenizer:
 def tiny(tokenizer) -> CausalLM:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96,
-                      max_seq_len=256, init_std=0.2)
+                      max_seq_len=1024, init_std=0.2)
     return CausalLM(cfg).eval()
 
 

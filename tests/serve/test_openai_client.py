@@ -123,7 +123,7 @@ def test_errors_are_openai_objects(client):
         client.completions.create(model="no-such-model", prompt="x")
     assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model=MODEL, prompt="Hello world. " * 200)
+        client.completions.create(model=MODEL, prompt="Hello world. " * 700)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "prompt"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=2)

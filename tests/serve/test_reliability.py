@@ -42,6 +42,7 @@ async def stream_text(client: httpx.AsyncClient, body: dict) -> tuple[str, dict]
     return "".join(text), usage
 
 
+@pytest.mark.slow
 def test_64_concurrent_streams_equal_solo_and_metrics_add_up(server):
     bodies = [{**STREAM, "messages": [{"role": "user", "content": f"Hello world {i}" + " fox" * (i % 7)}],
                "max_tokens": 4 + i % 9, "stream_options": {"include_usage": True}} for i in range(64)]
