@@ -29,11 +29,11 @@ import torch
 from llmkit.engine import sampler
 from llmkit.engine.block_manager import BlockManager
 from llmkit.engine.memory import default_memory, parse_memory
-from llmkit.engine.model_runner import ModelRunner, block_bytes
+from llmkit.engine.model_runner import Feed, ModelRunner, block_bytes
 from llmkit.engine.outputs import CompletionOutput, RequestOutput
 from llmkit.engine.scheduler import Scheduler
 from llmkit.engine.sequence import Request, Sequence
-from llmkit.engine.speculative import SpeculativeConfig, build_proposer, verify
+from llmkit.engine.speculative import Proposal, SpeculativeConfig, build_proposer, verify
 from llmkit.generate.prompts import encode_prompts
 from llmkit.generate.sampling import SamplingParams
 from llmkit.generate.stop import StopStrings
@@ -84,7 +84,7 @@ class LLMEngine:
             raise ValueError("the engine does not implement sliding-window attention; decode with llmkit.generate")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_seq_len = cfg.max_seq_len
-        self.lookahead = speculative.num_tokens if speculative else 0
+        self.lookahead = speculative.slots if speculative else 0
         per_block = block_bytes(model, block_size, model.dtype)
         draft = speculative.load_draft(model) if speculative else None
         if draft is not None:
@@ -197,41 +197,48 @@ class LLMEngine:
         for seq, _ in plan.scheduled:
             if seq.request.metrics.first_scheduled_time is None:
                 seq.request.metrics.first_scheduled_time = now
-        drafts = self._propose([seq for seq, n in plan.scheduled if n == seq.num_uncomputed == 1])
+        proposals = self._propose([seq for seq, n in plan.scheduled if n == seq.num_uncomputed == 1])
         feeds = []
         for seq, n in plan.scheduled:
             start = seq.num_computed_tokens
-            extra = drafts.get(seq.seq_id, ([], None))[0]
-            wanted = 1 + len(extra) if start + n == seq.num_tokens else 0
-            feeds.append((seq.block_table, start, seq.token_ids[start:start + n] + extra, wanted))
+            known = seq.token_ids[start:start + n]
+            wanted = 1 if start + n == seq.num_tokens else 0
+            prop = proposals.get(seq.seq_id)
+            if prop is None:
+                feeds.append(Feed(seq.block_table, start, known, wanted))
+            else:  # the last token, then the proposal's tokens, all scored
+                positions = None if prop.positions is None else [start] + prop.positions
+                feeds.append(Feed(seq.block_table, start, known + prop.tokens, 1 + len(prop.tokens), positions,
+                                  prop.mask))
         logits = self.runner.run(feeds)
         for seq, n in plan.scheduled:
             seq.num_computed_tokens += n
             self.blocks.mark_computed(seq)  # before a finished sequence frees them: later prompts may reuse them
-        progressed = self._postprocess([(seq, lg) for (seq, _), lg in zip(plan.scheduled, logits)], drafts)
+        progressed = self._postprocess([(seq, lg) for (seq, _), lg in zip(plan.scheduled, logits)], proposals)
         return [self._output(self.tracks.pop(rid) if self.tracks[rid].request.finished else self.tracks[rid])
                 for rid in progressed]
 
-    def _propose(self, seqs: list[Sequence]) -> dict[int, tuple[list[int], torch.Tensor | None]]:
-        """Speculative drafts (and the draft's probabilities, if it samples) of the decoding sequences that take them."""
+    def _propose(self, seqs: list[Sequence]) -> dict[int, Proposal]:
+        """Speculative proposals for the decoding sequences that take them."""
         if self.proposer is None:
             return {}
         eligible = [s for s in seqs if not s.params.penalised and len(s.request.seqs) == s.params.n
-                    and self.tracks[s.request.request_id].logits_processor is None]
+                    and self.tracks[s.request.request_id].logits_processor is None
+                    and s.num_tokens + self.lookahead <= self.max_seq_len]  # proposals stay inside the context
         if not eligible:
             return {}
         room = [min(self.lookahead, s.request.max_tokens - s.num_output_tokens - 1,
                     self.max_seq_len - s.num_tokens - 1) for s in eligible]
-        return {s.seq_id: d for s, d, r in zip(eligible, self.proposer.propose(eligible, room), room) if r > 0}
+        return {s.seq_id: p for s, p, r in zip(eligible, self.proposer.propose(eligible, room), room)
+                if r > 0 and p.tokens}
 
-    def _postprocess(self, results: list[tuple[Sequence, torch.Tensor]],
-                     drafts: dict[int, tuple[list[int], torch.Tensor | None]]) -> list[str]:
+    def _postprocess(self, results: list[tuple[Sequence, torch.Tensor]], proposals: dict[int, Proposal]) -> list[str]:
         """Choose tokens for every sequence that has logits; append them; return the progressed request ids."""
         plain, spec = [], []
         for seq, lg in results:
             if lg.shape[0] == 0:
                 continue
-            (spec if seq.seq_id in drafts and drafts[seq.seq_id][0] else plain).append((seq, lg))
+            (spec if seq.seq_id in proposals else plain).append((seq, lg))
         progressed: dict[str, None] = {}
         # plain rows: one token each, or n for a request's first token (its continuations fork here)
         rows, params, histories, generators, owners = [], [], [], [], []
@@ -262,19 +269,20 @@ class LLMEngine:
                 progressed[seq.request.request_id] = None
                 i += copies
         for seq, lg in spec:
-            proposed, q = drafts[seq.seq_id]
+            prop = proposals[seq.seq_id]
+            drafts = prop.tokens[:prop.num_drafts]
             track = self.tracks[seq.request.request_id]
-            processed = sampler.process(lg, [seq.params] * lg.shape[0], [((), ())] * lg.shape[0])
-            accepted = verify(processed, proposed, seq.params.greedy, q, track.generator)
+            rows = lg[:1 + len(drafts)]  # the last token's and each draft's next-token logits
+            processed = sampler.process(rows, [seq.params] * rows.shape[0], [((), ())] * rows.shape[0])
+            accepted = verify(processed, drafts, seq.params.greedy, prop.q, track.generator)
             metrics = seq.request.metrics
-            metrics.spec_proposed_tokens += len(proposed)
+            metrics.spec_proposed_tokens += len(drafts)
             metrics.spec_accepted_tokens += len(accepted) - 1
             metrics.spec_target_steps += 1
             seq.num_computed_tokens += len(accepted) - 1  # the accepted drafts' K/V are valid
-            if self.proposer is not None:
-                self.proposer.rollback(seq)
+            self.proposer.observe(seq, lg, accepted)
             chosen = torch.tensor(accepted, device=lg.device)
-            logprobs = self._logprobs(lg[:len(accepted)], chosen, [seq.params] * len(accepted))
+            logprobs = self._logprobs(rows[:len(accepted)], chosen, [seq.params] * len(accepted))
             self._append(seq, accepted, logprobs)
             progressed[seq.request.request_id] = None
         return list(progressed)

@@ -20,6 +20,7 @@ Each bucket compiles once, on first use.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence as Seq
+from typing import NamedTuple
 
 import torch
 
@@ -29,7 +30,22 @@ from llmkit.model import CausalLM
 from llmkit.model.metadata import PagedMetadata
 from llmkit.model.paged import PagedKVCache, PagedLatentCache
 
-Feed = tuple[list[int], int, list[int], int]  # (block table, first position, token ids, logits wanted)
+
+
+class Feed(NamedTuple):
+    """One sequence's part of a step: ``tokens`` go to the slots from ``start`` on (which must be
+    allocated, every earlier slot cached); logits come back for the last ``wanted`` of them.
+    ``positions`` (RoPE) default to the slot indices; ``mask`` (T, T) replaces causal attention
+    among the tokens (lookahead decoding's branches)."""
+
+    table: list[int]
+    start: int
+    tokens: list[int]
+    wanted: int
+    positions: list[int] | None = None
+    mask: torch.Tensor | None = None
+
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -91,22 +107,22 @@ class ModelRunner:
         """One forward over every feed.
 
         Args:
-            feeds: (block table, start, tokens, logits wanted): the tokens take positions
-                ``start`` on (their slots must be allocated, every earlier position cached);
-                logits are returned for the last ``logits wanted`` of them.
+            feeds: what each sequence feeds (see :class:`Feed`).
         Returns:
             Per feed, (logits wanted, V) float32 logits, in the order of ``feeds``.
         """
-        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f[2]) == f[3] == 1 for f in feeds):
+        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f.tokens) == f.wanted == 1 for f in feeds):
             return self._run_compiled(feeds)
-        order = sorted(range(len(feeds)), key=lambda i: len(feeds[i][2]) != 1)  # decodes first
+        order = sorted(range(len(feeds)), key=lambda i: len(feeds[i].tokens) != 1)  # decodes first
         bs = self.block_size
-        ids, positions, slots, tables, lens, qlens, keep = [], [], [], [], [], [], []
+        ids, positions, slots, tables, lens, qlens, keep, masks = [], [], [], [], [], [], [], {}
         for i in order:
-            table, start, tokens, wanted = feeds[i]
+            table, start, tokens, wanted, pos, mask = feeds[i]
+            if mask is not None:
+                masks[len(tables)] = mask
             ids += tokens
             span = range(start, start + len(tokens))
-            positions += span
+            positions += span if pos is None else pos
             slots += [table[p // bs] * bs + p % bs for p in span]
             tables.append(table)
             lens.append(start + len(tokens))
@@ -117,13 +133,13 @@ class ModelRunner:
         dev = self.device
         paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
                               torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
-                              sum(1 for q in qlens if q == 1))
+                              sum(1 for q in qlens if q == 1), masks)
         logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
                             paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
         out: list[torch.Tensor] = [None] * len(feeds)  # type: ignore[list-item]
         row = 0
         for i in order:
-            wanted = feeds[i][3]
+            wanted = feeds[i].wanted
             out[i] = logits[row:row + wanted]
             row += wanted
         return out
@@ -133,16 +149,16 @@ class ModelRunner:
         b = len(feeds)
         bucket = next(size for size in BATCH_BUCKETS if size >= b)
         bs, pad = self.block_size, bucket - b
-        positions = [start for _, start, _, _ in feeds] + [0] * pad
-        slots = [table[p // bs] * bs + p % bs for (table, _, _, _), p in zip(feeds, positions)]
+        positions = [f.start for f in feeds] + [0] * pad
+        slots = [f.table[p // bs] * bs + p % bs for f, p in zip(feeds, positions)]
         tables = torch.zeros(bucket, self.table_width, dtype=torch.int32)
-        for i, (table, _, _, _) in enumerate(feeds):
-            tables[i, :len(table)] = torch.tensor(table, dtype=torch.int32)
+        for i, f in enumerate(feeds):
+            tables[i, :len(f.table)] = torch.tensor(f.table, dtype=torch.int32)
         dev = self.device
         step = self.steps.get(bucket)
         if step is None:
             step = self.steps[bucket] = compile_step(decode_step, dev)
-        logits = step(self.model, self.caches, torch.tensor([[f[2][0] for f in feeds] + [0] * pad], device=dev),
+        logits = step(self.model, self.caches, torch.tensor([[f.tokens[0] for f in feeds] + [0] * pad], device=dev),
                       torch.tensor([positions], device=dev),
                       torch.tensor(slots + [self.spare_slot] * pad, device=dev), tables.to(dev),
                       torch.tensor([p + 1 for p in positions], dtype=torch.int32, device=dev))

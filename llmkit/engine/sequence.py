@@ -83,6 +83,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.logprobs: list[dict[int, float]] = []  # per generated token: {token: logprob}, sampled token first
         self.draft_computed = 0  # speculative decoding: tokens in the draft model's cache
+        self.spec_state: Any = None  # lookahead decoding: this sequence's guesses and n-gram pool
 
     @property
     def params(self) -> Any:

@@ -33,6 +33,8 @@ class PagedMetadata:
         host_context_lens: ``context_lens`` as B host ints (slicing without a device sync); None in a
             compiled decode-only step, whose shapes must not depend on them.
         num_decodes: how many leading sequences have exactly one token.
+        chunk_masks: sequence index -> (T, T) bool mask among that sequence's T new tokens, replacing
+            the causal one (lookahead decoding's branches); None or absent = causal.
     """
 
     caches: list[Any]
@@ -42,6 +44,7 @@ class PagedMetadata:
     query_lens: list[int]
     host_context_lens: list[int] | None
     num_decodes: int
+    chunk_masks: dict[int, torch.Tensor] | None = None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from llmkit.config import ModelConfig, yarn_mscale
 from llmkit.model.attention import attend
 from llmkit.model.metadata import AttentionMetadata
 from llmkit.model.norm import RMSNorm
-from llmkit.model.paged import causal_offset_mask, gather, segments
+from llmkit.model.paged import gather, segment_mask, segments
 from llmkit.model.rope import apply_rope
 
 
@@ -84,6 +84,7 @@ class MLAttention(nn.Module):
         for i, start, t, ctx in segments(paged):
             table = paged.block_tables[i]
             latent, shared = gather(cache.c_kv, table, ctx)[None], gather(cache.k_pe, table, ctx)[None]
-            mask = causal_offset_mask(t, ctx, q.device)[None, None]
+            mask = segment_mask(paged, i, t, ctx, q.device)
+            mask = None if mask is None else mask[None, None]
             out[start:start + t] = self._attend(q[:, :, start:start + t], latent, shared, mask)[0].transpose(0, 1)
         return out

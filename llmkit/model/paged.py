@@ -73,6 +73,14 @@ def causal_offset_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
     return torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)
 
 
+def segment_mask(paged: PagedMetadata, i: int, t: int, ctx: int, device: torch.device) -> torch.Tensor | None:
+    """(T, ctx) bool mask of sequence ``i``'s chunk over its context, or None when it is plainly causal with T == ctx."""
+    intra = paged.chunk_masks.get(i) if paged.chunk_masks else None
+    if intra is None:
+        return None if t == ctx else causal_offset_mask(t, ctx, device)
+    return torch.cat([torch.ones(t, ctx - t, dtype=torch.bool, device=device), intra.to(device)], dim=1)
+
+
 def segments(paged: PagedMetadata, first: int = 0) -> Iterator[tuple[int, int, int, int]]:
     """(sequence index, first token, query length, context length) of sequences ``first`` on in the step."""
     start = sum(paged.query_lens[:first])
@@ -107,7 +115,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
             ks, vs = k[start:start + t], v[start:start + t]
         else:
             ks, vs = gather(cache.k, paged.block_tables[i], ctx), gather(cache.v, paged.block_tables[i], ctx)
-        mask = None if t == ctx else causal_offset_mask(t, ctx, q.device)
+        mask = segment_mask(paged, i, t, ctx, q.device)
         y = F.scaled_dot_product_attention(q[start:start + t].transpose(0, 1)[None], ks.transpose(0, 1)[None],
                                            vs.transpose(0, 1)[None], attn_mask=mask, is_causal=mask is None,
                                            scale=scale, enable_gqa=h != k.shape[1])  # (1, H, T, Dv)

@@ -23,9 +23,10 @@ def repetitive(vocab, n=12):
     return out
 
 
-@pytest.mark.parametrize("method", ["ngram", "draft", "draft-is-target"])
+@pytest.mark.parametrize("method", ["ngram", "draft", "draft-is-target", "lookahead"])
 def test_speculative_greedy_equals_plain_greedy(tiny, tokenizer, draft, method):
     spec = {"ngram": SpeculativeConfig("ngram", num_tokens=3),
+            "lookahead": SpeculativeConfig("lookahead", num_tokens=3, lookahead_window=4),
             "draft": SpeculativeConfig("draft", num_tokens=3, draft_model=draft),
             "draft-is-target": SpeculativeConfig("draft", num_tokens=4, draft_model=tiny)}[method]
     reqs = repetitive(tokenizer.vocab_size) + workload(tokenizer.vocab_size, n=8, max_prompt=60, seed=4)
@@ -93,8 +94,26 @@ def test_greedy_verification_keeps_the_agreeing_prefix_and_adds_the_target_token
 def test_speculative_config_refuses_nonsense(tiny, tokenizer):
     with pytest.raises(ValueError, match="method"):
         SpeculativeConfig("medusa")
+    with pytest.raises(ValueError, match="lookahead_window"):
+        SpeculativeConfig("lookahead", lookahead_window=0)
     with pytest.raises(ValueError, match="draft_model"):
         SpeculativeConfig("draft")
     other = tiny_model(tokenizer, vocab_size=tokenizer.vocab_size + 5)
     with pytest.raises(ValueError, match="share a tokenizer"):
         LLMEngine(tiny, tokenizer, kv_cache_memory="8MiB", speculative=SpeculativeConfig("draft", draft_model=other))
+
+
+def test_lookahead_learns_a_loop_and_accepts_from_its_pool(tiny, tokenizer):
+    # a tiny random model falls into short greedy cycles; once the Jacobi window has seen one,
+    # the pool proposes it and verification accepts several tokens per step
+    engine = LLMEngine(tiny, tokenizer, kv_cache_memory="32MiB",
+                       speculative=SpeculativeConfig("lookahead", num_tokens=4, lookahead_window=6))
+    prompt = [5, 6, 7, 8]
+    engine.add_request("r", prompt, SamplingParams(max_tokens=120, ignore_eos=True))
+    final = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            final = out
+    assert final.outputs[0].token_ids == naive(tiny, prompt, 120, ())
+    m = final.metrics
+    assert m.spec_accepted_tokens > 0 and m.tokens_per_target_step > 1.0
