@@ -18,6 +18,7 @@ from llmkit.peft.base import adapters, freeze_all_but_adapters, inside_adapter, 
 from llmkit.peft.ia3 import IA3Linear
 from llmkit.peft.lora import LORA_INITS, LoRAConv2d, LoRAEmbedding, LoRALayer, LoRALinear
 from llmkit.quant.linear import QuantLinear
+from llmkit.quant.schemes import mark_float
 
 LINEAR_KINDS = (nn.Linear, QuantLinear)
 MERGEABLE = (LoRALayer, IA3Linear)
@@ -107,13 +108,16 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, a in adapters(model):
         if not isinstance(a, MERGEABLE):
             raise TypeError(f"{name or 'model'}: a {type(a).__name__} cannot be merged into the base weights")
+    dequantized = []
     for name, a in _mergeable(model):
         if isinstance(a.base_layer, QuantLinear):
             a.base_layer = a.base_layer.to_linear()
+            dequantized.append(name)
         a.merge()
         if not name:
             return a.base_layer
         replace_module(model, name, a.base_layer)
+    mark_float(model, dequantized)  # so a save records these layers as float
     return model
 
 

@@ -125,10 +125,25 @@ def scheme_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(model: nn.Module, skip: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
-    """Paths of the plain ``nn.Linear`` layers to swap: leaf name not in ``skip``, path not in ``exclude``."""
-    excluded = set(exclude)
+    """Paths of the plain ``nn.Linear`` layers to swap: neither leaf name nor path in ``skip``, not in ``exclude``."""
+    excluded = {*exclude, *skip}
     return [name for name, m in model.named_modules()
             if type(m) is nn.Linear and name.rsplit(".", 1)[-1] not in skip and name not in excluded]
+
+
+def mark_float(model: nn.Module, paths: Sequence[str]) -> None:
+    """Record that the linears at ``paths`` were dequantised (merging LoRA into them, say).
+
+    They join ``skip`` in ``model.quantization_config``, so a saved model is rebuilt with them in
+    float; when no quantised layer is left, the config goes.
+    """
+    config = getattr(model, "quantization_config", None)
+    if not config or not paths:
+        return
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        config["skip"] = [*config["skip"], *paths]
+    else:
+        del model.quantization_config
 
 
 def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -163,7 +178,7 @@ def quantize(model: nn.Module, scheme: str, calibration: Sequence[str] | torch.T
         calibration: list of strings (needs ``tokenizer``) or (N, T) token ids; required by
             ``smoothquant``, ``gptq`` and ``awq``.
         tokenizer: turns calibration strings into ids.
-        skip: leaf names left in float (the LM head and embeddings by default).
+        skip: leaf names (or full paths) left in float (the LM head and embeddings by default).
         exclude: full paths left alone (adapters' own layers).
         batch_size: calibration rows per forward.
         **options: the scheme's options (see ``QUANT_SCHEMES[scheme].defaults``).

@@ -62,3 +62,15 @@ def test_a_mismatched_quantized_checkpoint_is_a_clear_error(base, tmp_path):
     path.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="q_proj: group_size=48"):
         CausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ["q_proj"]])
+def test_merged_lora_on_a_quantized_base_saves_what_it_holds(base, tmp_path, targets):
+    from llmkit.peft import apply_lora, merge_and_unload
+
+    model = merge_and_unload(apply_lora(quantize(copy.deepcopy(base), "int8"), targets, r=2))
+    model.save_pretrained(tmp_path)
+    loaded = CausalLM.from_pretrained(tmp_path)
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    ids = torch.randint(0, 96, (1, 8))
+    assert torch.equal(loaded(ids), model(ids))
