@@ -33,7 +33,8 @@ from torch import nn
 from llmkit.align.best_of_n import best_of_n, load_reward_model, reward_model_scorer
 from llmkit.align.builtin import PREFERENCE_SETS, arithmetic_reward, arithmetic_set, preference_set
 from llmkit.align.config import AlignConfig
-from llmkit.align.data import encode_completions, encode_kto, encode_pairs, read_kto, read_preferences, read_prompts
+from llmkit.align.data import (DataError, encode_completions, encode_kto, encode_pairs, read_kto, read_preferences,
+                               read_prompts)
 from llmkit.align.objectives import KTOObjective, PreferenceObjective, RewardObjective, kto_collate
 from llmkit.align.online import DistillObjective, GRPOObjective, RewardFn, sample
 from llmkit.align.report import plot_align_curves, write_report
@@ -65,28 +66,22 @@ class Records:
 def load_records(cfg: AlignConfig) -> Records:
     """Training and held-out records for ``cfg.method`` from ``cfg.data`` / ``cfg.val_data`` or a built-in set."""
     name = cfg.data_name
-    if cfg.method == "distill":
-        if name in CHAT_SETS:
-            return Records(*(_completions(load_chat_set(name, split), f"{name}/{split}") for split in ("train", "val")),
-                           name)
-        train = _completions(read_conversations(name), name)
-        val = _completions(read_conversations(cfg.val_data), cfg.val_data) if cfg.val_data else None
-        n_val = max(1, int(len(train) * HOLD_OUT))
-        return Records(train, val, name) if val else Records(train[:-n_val], train[-n_val:], name)
-    if cfg.method in ("grpo", "best-of-n"):
-        if name == "arithmetic":
-            return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
-                           arithmetic_set(VAL_PROMPTS, "val", seed=cfg.seed), name)
-        reader = read_prompts
-    elif name in PREFERENCE_SETS:
+    if cfg.method == "distill" and name in CHAT_SETS:
+        return Records(*(_completions(load_chat_set(name, split), f"{name}/{split}") for split in ("train", "val")),
+                       name)
+    if cfg.method in ("grpo", "best-of-n") and name == "arithmetic":
+        return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
+                       arithmetic_set(VAL_PROMPTS, "val", seed=cfg.seed), name)
+    if name in PREFERENCE_SETS:
         train, val = preference_set(name, "train", cfg.seed), preference_set(name, "val", cfg.seed)
         if cfg.val_data:
             val = read_preferences(cfg.val_data)
         if cfg.method == "kto":  # unpaired: each pair gives one desirable and one undesirable example
             train, val = _unpair(train), _unpair(val)
         return Records(train, val, name)
-    else:
-        reader = read_kto if cfg.method == "kto" else read_preferences
+    readers = {"distill": lambda path: _completions(read_conversations(path), str(path)), "kto": read_kto,
+               "grpo": read_prompts, "best-of-n": read_prompts}
+    reader = readers.get(cfg.method, read_preferences)
     train = reader(name)
     if cfg.val_data:
         return Records(train, reader(cfg.val_data), name)
@@ -96,8 +91,11 @@ def load_records(cfg: AlignConfig) -> Records:
 
 def _completions(conversations: list[list[dict[str, str]]], source: str) -> list[dict[str, Any]]:
     """Distillation records: each conversation's last message is the completion, the rest the prompt."""
+    for i, c in enumerate(conversations):
+        if len(c) < 2 or c[-1].get("role") != "assistant" or not c[-1].get("content", "").strip():
+            raise DataError(f"{source}:{i + 1}: field 'messages': must be a prompt then a non-empty assistant reply")
     return [{"prompt": c[:-1], "completion": c[-1]["content"], "where": f"{source}:{i + 1}"}
-            for i, c in enumerate(conversations) if len(c) >= 2 and c[-1]["role"] == "assistant"]
+            for i, c in enumerate(conversations)]
 
 
 def _unpair(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
