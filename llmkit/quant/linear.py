@@ -264,6 +264,8 @@ class Fp8Linear(QuantLinear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, dtype: torch.dtype = torch.float32,
                  fmt: str = "e4m3", device: torch.device | str | None = None):
         super().__init__(in_features, out_features, bias, dtype, False, device)
+        if fmt not in FP8_DTYPES:
+            raise ValueError(f"fp8 fmt={fmt!r}: choose from {', '.join(FP8_DTYPES)}")
         self.fmt = fmt
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=FP8_DTYPES[fmt], device=device))
         self.register_buffer("scales", torch.ones(out_features, 1, dtype=torch.float32, device=device))

@@ -45,7 +45,6 @@ class QuantScheme:
     empty: Callable[..., QuantLinear]
     defaults: dict[str, Any] = field(default_factory=dict)  # every option, with its default (JSON values)
     calibrated: bool = False
-    help: str = ""
 
 
 def _gptq(linear: nn.Linear, x: torch.Tensor, bits: int, group_size: int, damp: float, block_size: int,
@@ -73,42 +72,47 @@ def _nf4_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
 
 
 QUANT_SCHEMES: dict[str, QuantScheme] = {
+    # weight-only int8, symmetric per output channel
     "int8": QuantScheme(
         lambda lin, x: Int8Linear.from_linear(lin),
-        lambda i, o, b, dt, dev: Int8Linear(i, o, b, dt, device=dev),
-        help="weight-only int8, symmetric per output channel"),
+        lambda i, o, b, dt, dev: Int8Linear(i, o, b, dt, device=dev)),
+    # weight-only int4, asymmetric per group, round to nearest
     "int4": QuantScheme(
         lambda lin, x, group_size: Int4Linear.from_linear(lin, group_size),
         lambda i, o, b, dt, dev, group_size: Int4Linear(i, o, b, dt, group_size, device=dev),
-        {"group_size": 64}, help="weight-only int4, asymmetric per group, round to nearest"),
+        {"group_size": 64}),
+    # QLoRA's NormalFloat4 with double-quantised scales
     "nf4": QuantScheme(
         lambda lin, x, block_size, double_quant, compute_dtype: Linear4bit.from_linear(
             lin, _nf4_dtype(compute_dtype, lin.weight.dtype), block_size, double_quant),
         lambda i, o, b, dt, dev, block_size, double_quant, compute_dtype: Linear4bit(
             i, o, b, _nf4_dtype(compute_dtype, dt), block_size, double_quant, dev),
-        {"block_size": 64, "double_quant": True, "compute_dtype": None},
-        help="QLoRA's NormalFloat4 with double-quantised scales"),
+        {"block_size": 64, "double_quant": True, "compute_dtype": None}),
+    # LLM.int8(): outlier input columns in float, the rest int8 x int8
     "llm_int8": QuantScheme(
         lambda lin, x, threshold: LLMInt8Linear.from_linear(lin, threshold=threshold),
         lambda i, o, b, dt, dev, threshold: LLMInt8Linear(i, o, b, dt, threshold, dev),
-        {"threshold": 6.0}, help="LLM.int8(): outlier input columns in float, the rest int8 x int8"),
+        {"threshold": 6.0}),
+    # SmoothQuant migration (calibrated), then W8A8
     "smoothquant": QuantScheme(
         lambda lin, x, alpha: smoothquant_linear(lin, x, alpha),
         lambda i, o, b, dt, dev, alpha: W8A8Linear(i, o, b, dt, smooth=True, device=dev),
-        {"alpha": 0.5}, calibrated=True, help="SmoothQuant migration (calibrated), then W8A8"),
+        {"alpha": 0.5}, calibrated=True),
+    # GPTQ int2-4 per group from calibration (Hessian-corrected rounding)
     "gptq": QuantScheme(
         _gptq,
         _gptq_empty,
-        {"bits": 4, "group_size": 64, "damp": 0.01, "block_size": 128, "act_order": False}, calibrated=True,
-        help="GPTQ int2-4 per group from calibration (Hessian-corrected rounding)"),
+        {"bits": 4, "group_size": 64, "damp": 0.01, "block_size": 128, "act_order": False}, calibrated=True),
+    # AWQ activation-aware scales + clipping, int4
     "awq": QuantScheme(
         _awq,
         lambda i, o, b, dt, dev, group_size, grid: Int4Linear(i, o, b, dt, group_size, smooth=True, device=dev),
-        {"group_size": 64, "grid": 20}, calibrated=True, help="AWQ activation-aware scales + clipping, int4"),
+        {"group_size": 64, "grid": 20}, calibrated=True),
+    # fp8 (e4m3 or e5m2) weights with per-channel scales
     "fp8": QuantScheme(
         lambda lin, x, fmt: Fp8Linear.from_linear(lin, fmt),
         lambda i, o, b, dt, dev, fmt: Fp8Linear(i, o, b, dt, fmt, dev),
-        {"fmt": "e4m3"}, help="fp8 (e4m3 or e5m2) weights with per-channel scales"),
+        {"fmt": "e4m3"}),
 }
 
 
