@@ -78,11 +78,12 @@ class BlockManager:
         return self.cache_hits / self.cache_queries if self.cache_queries else 0.0
 
     # ----- allocation -----
-    def _cached_prefix(self, seq: Sequence) -> list[int]:
-        """Registered blocks matching the sequence's leading full blocks (never the one holding its last token)."""
+    def _cached_prefix(self, seq: Sequence) -> tuple[list[int], list[int]]:
+        """Registered blocks matching the sequence's leading full blocks (never the one holding its last
+        token), and their hashes."""
         if not self.enable_prefix_caching:
-            return []
-        hits, parent = [], None
+            return [], []
+        hits, hashes, parent = [], [], None
         for i in range((seq.num_tokens - 1) // self.block_size):
             tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
             parent = chain_hash(parent, tokens)
@@ -90,12 +91,13 @@ class BlockManager:
             if block_id is None or self.blocks[block_id].token_ids != tuple(tokens):
                 break
             hits.append(block_id)
-        return hits
+            hashes.append(parent)
+        return hits, hashes
 
     def can_allocate(self, seq: Sequence) -> bool:
         """Whether the blocks for all of ``seq``'s tokens can be had now (cache hits need no free block,
         unless they sit in the free list themselves)."""
-        hits = self._cached_prefix(seq)
+        hits, _ = self._cached_prefix(seq)
         fresh = self.blocks_for(seq.num_tokens) - len(hits)
         revived = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         return fresh + revived <= self.num_free_blocks
@@ -109,13 +111,14 @@ class BlockManager:
             raise RuntimeError(f"{seq} already holds blocks")
         if not self.can_allocate(seq):
             raise RuntimeError(f"not enough free blocks for {seq}")
-        hits = self._cached_prefix(seq)
+        hits, hashes = self._cached_prefix(seq)
         if self.enable_prefix_caching:
             self.cache_queries += (seq.num_tokens - 1) // self.block_size
             self.cache_hits += len(hits)
         for block_id in hits:
             self._take(block_id)
         seq.block_table = hits + [self._new_block() for _ in range(self.blocks_for(seq.num_tokens) - len(hits))]
+        seq.block_hashes = hashes
         seq.num_computed_tokens = len(hits) * self.block_size
 
     def _take(self, block_id: int) -> None:
@@ -163,23 +166,28 @@ class BlockManager:
         return copy
 
     def mark_computed(self, seq: Sequence) -> None:
-        """Register the sequence's full blocks that are now computed, so later prompts can reuse them."""
+        """Register the sequence's full blocks that are now computed, so later prompts can reuse them.
+
+        ``seq.block_hashes`` remembers the chain so far, so each block is hashed once.
+        """
         if not self.enable_prefix_caching:
             return
-        parent = None
-        for i in range(min(seq.num_computed_tokens, seq.num_tokens) // self.block_size):
+        hashes, bs = seq.block_hashes, self.block_size
+        for i in range(len(hashes), min(seq.num_computed_tokens, seq.num_tokens) // bs):
+            tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
+            h = chain_hash(hashes[-1] if hashes else None, tokens)
             block = self.blocks[seq.block_table[i]]
-            tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
             if block.hash is None:
-                block.hash, block.token_ids = chain_hash(parent, tokens), tokens
-                self.cached.setdefault(block.hash, block.block_id)
-            parent = block.hash
+                block.hash, block.token_ids = h, tokens
+                self.cached.setdefault(h, block.block_id)
+            hashes.append(h)
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """``child`` shares all of ``parent``'s blocks (and computed tokens); writes copy on demand."""
         for block_id in parent.block_table:
             self._take(block_id)
         child.block_table = list(parent.block_table)
+        child.block_hashes = list(parent.block_hashes)
         child.num_computed_tokens = parent.num_computed_tokens
 
     def free(self, seq: Sequence) -> None:
@@ -191,4 +199,4 @@ class BlockManager:
                 raise RuntimeError(f"block {block_id} freed twice")
             if block.ref_count == 0:
                 self.free_ids[block_id] = None
-        seq.block_table = []
+        seq.block_table, seq.block_hashes = [], []
