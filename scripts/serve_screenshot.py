@@ -1,7 +1,7 @@
-"""Screenshot of the chat page (docs/serving_chat.png) talking to a running ``llmkit serve`` in headless Chromium.
+"""Screenshot of the chat page (docs/images/serving_chat.png) talking to a running ``llmkit serve`` in headless Chromium.
 
 Usage: ``llmkit serve --model smollm2-135m-instruct --port 8765 &`` then
-``python scripts/serve_screenshot.py --url http://127.0.0.1:8765 --out docs/serving_chat.png``
+``python scripts/serve_screenshot.py --url http://127.0.0.1:8765 --out docs/images/serving_chat.png``
 (needs Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium``).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ TURNS = ["What is the capital of France?", "Write a Python function that returns
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8765")
-    p.add_argument("--out", default="docs/serving_chat.png")
+    p.add_argument("--out", default="docs/images/serving_chat.png")
     p.add_argument("--timeout", type=float, default=600)
     args = p.parse_args()
     options = webdriver.ChromeOptions()

@@ -171,3 +171,15 @@ def test_malformed_is_4xx_openai_error(server, path, body):
     assert 400 <= r.status_code < 500, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+def test_disconnect_while_waiting_for_a_non_streamed_reply_aborts(server):
+    engine = server.engine
+    free = engine.blocks.num_free_blocks
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 900, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+    deadline = time.time() + 20
+    while engine.has_unfinished_requests() or engine.blocks.num_free_blocks != free:
+        assert time.time() < deadline, "the request kept running after its client left"
+        time.sleep(0.05)
