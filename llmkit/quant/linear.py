@@ -26,6 +26,8 @@ Weight-only layers here (gpt-fast, torchao):
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -214,14 +216,13 @@ class Int4Linear(QuantLinear):
             self.kernel_layout = True
 
     def _codes(self) -> torch.Tensor:
-        """(out, in) codes, whatever the layout; the kernel's is read back by multiplying by the identity."""
+        """(out, in) codes, whatever the layout."""
+        nibbles = unpack_int4(self.weight_packed)
         if not self.kernel_layout:
-            return unpack_int4(self.weight_packed)
-        unit = torch.zeros_like(self.scales_and_zeros, dtype=torch.float32)
-        unit[..., 0], unit[..., 1] = 1.0, 8.0  # (q - 8) * 1 + 8 = q, exact in fp32
-        eye = torch.eye(self.in_features)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_packed, self.group_size, unit).T.to(
-            torch.uint8)
+            return nibbles
+        codes = torch.empty(self.out_features * self.in_features, dtype=torch.uint8)
+        codes[_kernel_order(self.out_features, self.in_features)] = nibbles.flatten()
+        return codes.view(self.out_features, self.in_features)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -250,6 +251,24 @@ class Int4Linear(QuantLinear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
+
+
+@functools.lru_cache(maxsize=16)
+def _kernel_order(out_features: int, in_features: int) -> torch.Tensor:
+    """Where each nibble of the CPU kernel's packed (out, in) weight comes from: (out * in,) row-major indices.
+
+    The kernel's layout is a permutation of the codes that depends on the machine's vector width, so
+    it is read off the kernel itself: codes equal to a base-16 digit of their own index are packed and
+    unpacked, one digit per call, and the digits reassemble every nibble's source index.
+    """
+    n = out_features * in_features
+    index, order, scale = torch.arange(n), torch.zeros(n, dtype=torch.long), 1
+    while scale < n:
+        digit = (index // scale % 16).view(out_features, in_features).int()
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(digit, 1)
+        order += unpack_int4(packed).flatten().long() * scale
+        scale *= 16
+    return order
 
 
 def check_int4_shape(in_features: int, group_size: int) -> None:
