@@ -45,6 +45,8 @@ class AsyncLLMEngine:
                     self._streams.pop(request_id).put_nowait(final)
             self._aborts.clear()
             for request_id, prompt, params, processor in self._pending:
+                if request_id not in self._streams:  # its consumer left before it was queued
+                    continue
                 try:
                     engine.add_request(request_id, prompt, params, logits_processor=processor)
                 except ValueError as e:
