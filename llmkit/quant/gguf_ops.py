@@ -5,7 +5,7 @@ Two operators in the ``llmkit`` namespace, written in C++
 
 - ``llmkit::gguf_dequantize(weight, qtype, in_features, dtype)``: block rows -> floats;
 - ``llmkit::gguf_mm(x, weight, qtype, in_features)``: ``x @ W^T`` reading the blocks
-  directly (llama.cpp's int8 dot products on VNNI CPUs for Q8_0/Q4_0/Q4_1).
+  directly (llama.cpp's int8 dot products on AVX2 and VNNI CPUs).
 
 Here they get what the compiler and autograd need: a fake (meta) implementation
 each, so ``torch.compile`` traces through them as opaque calls with known output

@@ -5,16 +5,15 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   On a CPU with VNNI (AVX512-VNNI or AVX-VNNI) this is llama.cpp's recipe: x is
-//   quantised per 32-block to int8 (scale dx = max|x| / 127) and every 32 weights cost
-//   one int8 dot (vpdpbusd: unsigned weight bytes times signed activation bytes) whose
-//   8 int32 lanes are scaled by dw * dx into an fp32 accumulator. Unsigned weights make
-//   it one instruction: Q4 nibbles are 0..15 already, Q8_0's signed bytes become q + 128
-//   by flipping the top bit, Q6_K's 6-bit values are 0..63; the offsets that undoes
-//   (and Q4_1's and Q4_K's mins) are paid once per block with the x block's sum. This
-//   rounds x to 8 bits, as llama.cpp does (relative error ~0.5% per product).
-//   Without VNNI a row is dequantised into an fp32 buffer that stays in L1 and dotted
-//   in fp32 with every x row.
+//   On AVX2 CPUs this is llama.cpp's recipe: x is quantised per 32-block to int8
+//   (scale dx = max|x| / 127) and every 32 weights cost one int8 dot of unsigned weight
+//   bytes with signed activation bytes (vpdpbusd with VNNI: AVX512-VNNI or AVX-VNNI;
+//   vpmaddubsw + vpmaddwd without), whose 8 int32 lanes are scaled by dw * dx into an
+//   fp32 accumulator. Q4 nibbles (0..15) and Q6_K values (0..63) are unsigned already;
+//   the offsets (-8, -32) and Q4_1's and Q4_K's mins are paid once per block with the x
+//   block's sum; Q8_0's signed weights move their sign onto x. This rounds x to 8 bits,
+//   as llama.cpp does (relative error ~0.5% per product). Other CPUs dequantise a row
+//   into an fp32 buffer that stays in L1 and take fp32 dot products with every x row.
 // - many rows (prefill, training): tiles of W rows are dequantised to fp32 and
 //   multiplied with torch's GEMM, so the dequantisation is paid once per tile.
 #include <ATen/ATen.h>
@@ -30,12 +29,8 @@
 #if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define LLMKIT_VNNI 1
-#define DPBUSD _mm256_dpbusd_epi32
-#elif defined(__AVXVNNI__)
-#define LLMKIT_VNNI 1
-#define DPBUSD _mm256_dpbusd_avx_epi32
+#if defined(__AVX2__) && defined(__FMA__)
+#define LLMKIT_INT8_DOT 1
 #endif
 
 namespace {
@@ -209,7 +204,20 @@ void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_
   });
 }
 
-#ifdef LLMKIT_VNNI
+#ifdef LLMKIT_INT8_DOT
+// 8 int32 lanes, lane i = sum of the 4 products u[4i..4i+3] * s[4i..4i+3] (u unsigned, s signed bytes).
+// VNNI does it in one instruction; AVX2 sums byte pairs to int16 first, which cannot saturate here:
+// every u is at most 128 (Q8_0's |w|; Q4 nibbles are 15, Q6_K values 63) and |s| at most 127.
+inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
 // x rows quantised per 32-block: int8 values, scale dx, and dx * sum(q) (the offset terms' factor)
 struct Q8Rows {
   std::vector<int8_t> q;
@@ -253,13 +261,13 @@ inline __m256i nibbles16(const uint8_t* p) {
 
 // acc += scale * (int8 dot of unsigned weight bytes w with the x block xv), lane-wise
 inline __m256 dot_acc(__m256 acc, __m256i w, __m256i xv, __m256 scale) {
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(DPBUSD(_mm256_setzero_si256(), w, xv)), scale, acc);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(w, xv)), scale, acc);
 }
 
-// One weight row . one quantised x row. Every block's weights are unsigned bytes, so one
-// vpdpbusd per 32 weights; the weights' offsets (Q8_0 -128 after the sign flip, Q4_0 -8,
-// Q4_1 + m, Q4_K - dmin * min, Q6_K -32) cost a scalar (or one more dot) per block, using the
-// x block's sum.
+// One weight row . one quantised x row, one unsigned-by-signed byte dot per 32 weights. Q8_0's
+// signed weights move their sign onto x (|w| . sign(x, w)); the other types' weights are
+// unsigned, and their offsets (Q4_0 -8, Q4_1 + m, Q4_K - dmin * min, Q6_K -32) cost a scalar
+// (or one more dot) per block, using the x block's sum.
 template <int64_t Q>
 float row_dot(const uint8_t* row, const int8_t* xq, const float* dx, const float* sx, int64_t nb32) {
   // two accumulators (even and odd blocks or sub-blocks) halve the fma latency chain
@@ -270,11 +278,14 @@ float row_dot(const uint8_t* row, const int8_t* xq, const float* dx, const float
     auto block = [&](int64_t b, int p) {
       const uint8_t* blk = row + b * bytes;
       const float dw = f16(blk);
-      __m256i w;
-      if constexpr (Q == kQ8_0) w = _mm256_xor_si256(load32(blk + 2), _mm256_set1_epi8(-128));
-      else w = nibbles16(blk + (Q == kQ4_1 ? 4 : 2));
-      acc[p] = dot_acc(acc[p], w, load32(xq + 32 * b), _mm256_set1_ps(dw * dx[b]));
-      if constexpr (Q == kQ8_0) offset[p] -= 128.f * dw * sx[b];
+      const __m256i xv = load32(xq + 32 * b);
+      const __m256 scale = _mm256_set1_ps(dw * dx[b]);
+      if constexpr (Q == kQ8_0) {
+        const __m256i w = load32(blk + 2);
+        acc[p] = dot_acc(acc[p], _mm256_abs_epi8(w), _mm256_sign_epi8(xv, w), scale);
+      } else {
+        acc[p] = dot_acc(acc[p], nibbles16(blk + (Q == kQ4_1 ? 4 : 2)), xv, scale);
+      }
       if constexpr (Q == kQ4_0) offset[p] -= 8.f * dw * sx[b];
       if constexpr (Q == kQ4_1) offset[p] += f16(blk + 2) * sx[b];
     };
@@ -314,8 +325,7 @@ float row_dot(const uint8_t* row, const int8_t* xq, const float* dx, const float
           const __m256i w = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
           const __m256i xv = load32(xq + 32 * (b + c));
           // (q - 32) . x = q . x - 32 . x, lane by lane so each lane keeps its 16-weight scale
-          const __m256i dot = _mm256_sub_epi32(DPBUSD(_mm256_setzero_si256(), w, xv),
-                                               DPBUSD(_mm256_setzero_si256(), thirty_two, xv));
+          const __m256i dot = _mm256_sub_epi32(dot_u8s8(w, xv), dot_u8s8(thirty_two, xv));
           const float s0 = d * sc[2 * c] * dx[b + c], s1 = d * sc[2 * c + 1] * dx[b + c];
           acc[k & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
                                        acc[k & 1]);
@@ -347,8 +357,10 @@ bool mm_rows_int8(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_
   }
   return false;
 }
+constexpr bool kInt8Dot = true;
 #else
 bool mm_rows_int8(const float*, int64_t, const uint8_t*, int64_t, int64_t, int64_t, float*) { return false; }
+constexpr bool kInt8Dot = false;
 #endif
 
 at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype, int64_t in_features) {
@@ -390,7 +402,7 @@ TORCH_LIBRARY_FRAGMENT(llmkit, m) {
   m.def("gguf_dequantize(Tensor weight, int qtype, int in_features, ScalarType dtype) -> Tensor");
   m.def("gguf_mm(Tensor x, Tensor weight, int qtype, int in_features) -> Tensor");
   // whether gguf_mm's few-rows path rounds x to int8 (built with VNNI) or stays in fp32
-  m.def("gguf_int8_activations() -> bool", [] { return mm_rows_int8(nullptr, 0, nullptr, 0, 0, kQ8_0, nullptr); });
+  m.def("gguf_int8_activations() -> bool", [] { return kInt8Dot; });
 }
 
 TORCH_LIBRARY_IMPL(llmkit, CPU, m) {
