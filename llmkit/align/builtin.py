@@ -20,10 +20,9 @@ import random
 import re
 from typing import Any
 
-from llmkit.data.chat import CHAT_SETS, load_chat_set
+from llmkit.data.chat import load_chat_set
 
 PREFERENCE_SETS = {"austen-prefs": "austen-chat", "shakespeare-prefs": "shakespeare-chat"}
-PROMPT_SETS = ("arithmetic",)
 FORMAT_REWARD = 0.1
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 _KIND = re.compile(r"^\W*(\w+(?:\s+\w+){0,2})")  # the first words of a question: its kind
@@ -80,6 +79,3 @@ def arithmetic_reward(completion: str, answer: str) -> float:
         return 0.0
     return FORMAT_REWARD + (1.0 if found[-1] == answer else 0.0)
 
-
-def is_builtin(name: str) -> bool:
-    return name in PREFERENCE_SETS or name in PROMPT_SETS or name in CHAT_SETS

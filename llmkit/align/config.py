@@ -20,7 +20,6 @@ Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo", "distill", "be
 DPOLossType = Literal["sigmoid", "robust", "hinge", "ipo", "exo_pair", "bco_pair", "sppo_hard", "nca_pair",
                       "apo_zero", "apo_down", "sigmoid_norm"]
 PEFT = Literal["lora", "none"]
-PREFERENCE_METHODS = ("reward", "dpo", "orpo", "simpo")
 DEFAULT_DATA = {"grpo": "arithmetic", "best-of-n": "arithmetic", "distill": "austen-chat"}  # others: austen-prefs
 DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0, "distill": 0.0,
                 "best-of-n": 0.0}

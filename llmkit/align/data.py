@@ -143,17 +143,6 @@ def _non_empty(records: list, path: str | Path) -> list:
     return records
 
 
-def write_jsonl(path: str | Path, records: list[dict[str, Any]]) -> Path:
-    """Write records (without ``where``) as JSON lines, atomically."""
-    from llmkit.io.atomic import atomic_write_text
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({k: v for k, v in r.items() if k != "where"}, ensure_ascii=False)
-                                    + "\n" for r in records))
-    return path
-
-
 def encode_pairs(records: list[dict[str, Any]], tokenizer: ChatTokenizer, max_len: int) -> list[Pair]:
     """Tokenise preference records with the chat template: ``(x, y)`` per answer, targets only on the answer.
 
