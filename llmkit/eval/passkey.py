@@ -122,7 +122,8 @@ def plot_heatmap(result: PasskeyResult, path: str | Path, title: str = "Passkey 
     from llmkit.io.atomic import atomic_path
 
     grid = [[result.accuracy[i][j] for i in range(len(result.lengths))] for j in range(len(result.depths))]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.9 * len(result.lengths)), max(3.0, 1.2 + 0.5 * len(result.depths))))
+    width, height = max(5.0, 1.5 + 0.9 * len(result.lengths)), max(3.0, 1.2 + 0.5 * len(result.depths))
+    fig, ax = plt.subplots(figsize=(width, height))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(result.lengths)), [str(n) for n in result.lengths])
     ax.set_yticks(range(len(result.depths)), [f"{d:.0%}" for d in result.depths])
