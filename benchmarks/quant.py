@@ -7,8 +7,9 @@ the same model when llama-cpp-python is installed (skipped otherwise). Every
 row is saved to disk and then measured in a fresh process that loads it, so:
 
 - file size: the saved directory (or the GGUF file);
-- resident memory: the process's RSS growth while loading (quantised models
-  are rebuilt on the meta device, so this is close to the file size);
+- resident memory: the process's RSS growth from loading the model and reading
+  every page of its tensors (safetensors are memory-mapped, so unread pages would
+  not count); llama.cpp's after its perplexity run, which reads every weight;
 - perplexity: the first ``--eval-tokens`` tokens of Shakespeare's held-out
   plays, windows of 1024 tokens with stride 512, the same windows for llama.cpp;
 - TTFT: time to the first token after a 512-token prompt (batch 1);
@@ -44,6 +45,13 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def touch_pages(model) -> None:
+    """Read one value per 4 KiB page of every tensor: weights loaded from a memory map are resident only once read."""
+    for t in model.state_dict().values():
+        flat = t.reshape(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.reshape(-1)
+        flat[::4096].sum()
+
+
 def held_out_ids(tokenizer, n_tokens: int) -> list[int]:
     from llmkit.eval.perplexity import resolve_text
 
@@ -62,6 +70,7 @@ def measure_llmkit(path: Path, n_eval: int, n_new: int, compile: bool) -> dict:
 
     before = rss_bytes()
     model, tokenizer = load_model_and_tokenizer(path)
+    touch_pages(model)
     memory = rss_bytes() - before
     with torch.no_grad():
         nll, n, _ = windowed_nll(model, held_out_ids(tokenizer, n_eval), window=WINDOW, stride=STRIDE)
@@ -89,7 +98,6 @@ def measure_llama_cpp(path: Path, n_eval: int, n_new: int, threads: int) -> dict
     ids = held_out_ids(tokenizer, n_eval)
     before = rss_bytes()
     llm = Llama(model_path=str(path), n_ctx=WINDOW, n_batch=512, n_threads=threads, logits_all=True, verbose=False)
-    memory = rss_bytes() - before
     nll, n = 0.0, 0
     for begin, end, targets in sliding_windows(len(ids), WINDOW, STRIDE):
         llm.reset()
@@ -98,6 +106,7 @@ def measure_llama_cpp(path: Path, n_eval: int, n_new: int, threads: int) -> dict
         logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
         nll -= logp[np.arange(targets), ids[end - targets:end]].sum()
         n += targets
+    memory = rss_bytes() - before
     prompt = torch.randint(100, 40_000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
     no_eos = {llm.token_eos(): float("-inf")}
 
