@@ -240,6 +240,8 @@ def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]
     try:
         before = trainer.evaluate()
         print(f"llmkit align: before: {_line(before)}", flush=True)
+        if before and trainer.metrics and trainer.step == 0:  # the starting point on the curves
+            trainer.metrics.write({"step": 0, **before})
         start = time.perf_counter()
         result = trainer.fit()
         seconds = time.perf_counter() - start
