@@ -36,7 +36,8 @@ def test_preference_training_raises_held_out_accuracy(tiny_dir, prefs, tmp_path,
     assert (out / "report.md").read_text().startswith(f"# llmkit align {method}")
     records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
-    assert {"reward_chosen", "reward_rejected", "margin", "reward_acc"} <= set(records[0])
+    assert records[0] == {"step": 0, **before}  # the starting point, on the curves too
+    assert {"reward_chosen", "reward_rejected", "margin", "reward_acc", "tok_per_s"} <= set(records[1])
 
 
 def test_dpo_without_lora_uses_a_frozen_reference(tiny_dir, prefs, tmp_path):
