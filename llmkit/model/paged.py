@@ -12,12 +12,15 @@ keeps its latent and shared rotary key instead), which is also a flat array of
 table. One engine step is one flattened row of tokens (see
 :class:`~llmkit.model.metadata.PagedMetadata`): decode rows (one query each)
 attend in one batched call, through the C++ kernel of
-:mod:`llmkit.generate.decode_attention` on CPU or a gather + SDPA elsewhere;
+:mod:`llmkit.generate.decode_attention` on CPU, flash-attn's paged kernel on
+CUDA when it is installed (and blocks hold a multiple of 256 slots), or a
+gather + SDPA elsewhere;
 prompt chunks attend one sequence at a time, causally over their cached
 prefix and themselves.
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 
 import torch
@@ -123,18 +126,32 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     return out
 
 
+def flash_paged_ok(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
+    """Whether flash-attn's paged decode applies: CUDA, fp16/bf16, flash-attn installed, and blocks of a
+    multiple of 256 slots (its paged layout's constraint; choose ``block_size=256`` on a GPU to use it)."""
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and k_pool.shape[1] % 256 == 0):
+        return False
+    return importlib.util.find_spec("flash_attn") is not None
+
+
 def decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
                      context_lens: torch.Tensor, max_context: int | None, scale: float) -> torch.Tensor:
     """One query per sequence over its paged cache: q (B, H, D) -> (B, H, Dv).
 
-    On CPU the C++ kernel reads the blocks in place; elsewhere (or without a compiler) the
-    blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA, ``max_context`` slots wide
+    On CPU the C++ kernel reads the blocks in place; on CUDA flash-attn's paged kernel does when
+    :func:`flash_paged_ok`; elsewhere (or without a compiler) the blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA, ``max_context`` slots wide
     (None: the whole block table, a static width for a compiled step).
     """
     from llmkit.generate import decode_attention as kernel  # lazy: generate/ builds the kernel
 
     b, h, d = q.shape
     hkv = k_pool.shape[2]
+    if flash_paged_ok(q, k_pool):  # flash-attn's paged kernel reads this very pool layout
+        from flash_attn import flash_attn_with_kvcache
+
+        y = flash_attn_with_kvcache(q[:, None], k_pool, v_pool, cache_seqlens=context_lens,
+                                    block_table=block_tables, softmax_scale=scale)  # (B, 1, H, Dv)
+        return y[:, 0]
     q = q.view(b, hkv, h // hkv, d)  # grouped query heads folded into the row axis
     if q.device.type == "cpu" and q.dtype == k_pool.dtype and (kernel.LOADED or kernel.load()):
         y = kernel.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)

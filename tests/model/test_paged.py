@@ -80,3 +80,21 @@ def test_paged_decode_kernel_matches_gather(dtype):
     torch.testing.assert_close(fast.float(), torch.stack(ref), atol=tol, rtol=tol)
     gathered = decode_attention(q, k_pool, v_pool, tables, lens, 150, 0.125)
     torch.testing.assert_close(gathered.float(), torch.stack(ref), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash-attn's paged kernel needs a GPU")
+def test_flash_attn_paged_decode_matches_gather():
+    pytest.importorskip("flash_attn")
+    from llmkit.model.paged import flash_paged_ok
+
+    torch.manual_seed(0)
+    nb, bs, hkv, d = 6, 256, 2, 64
+    k_pool = torch.randn(nb, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v_pool = torch.randn(nb, bs, hkv, d, device="cuda", dtype=torch.bfloat16)
+    tables = torch.tensor([[3, 1, 0], [5, 2, 4]], dtype=torch.int32, device="cuda")
+    lens = torch.tensor([300, 700], dtype=torch.int32, device="cuda")
+    q = torch.randn(2, 8, d, device="cuda", dtype=torch.bfloat16)
+    assert flash_paged_ok(q, k_pool)
+    fast = decode_attention(q, k_pool, v_pool, tables, lens, 700, 0.125)
+    slow = decode_attention(q.float(), k_pool.float(), v_pool.float(), tables, lens, 700, 0.125)  # gather path
+    torch.testing.assert_close(fast.float(), slow, atol=2e-2, rtol=2e-2)
