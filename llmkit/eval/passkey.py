@@ -129,7 +129,8 @@ def plot_heatmap(result: PasskeyResult, path: str | Path, title: str = "Passkey 
     ax.set_yticks(range(len(result.depths)), [f"{d:.0%}" for d in result.depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
-    ax.set_title(f"{title}\n{result.trials} keys per cell, mean accuracy {result.mean:.2f}", fontsize=10)
+    keys = f"{result.trials} key{'s' if result.trials > 1 else ''}"
+    ax.set_title(f"{title}\n{keys} per cell, mean accuracy {result.mean:.2f}", fontsize=10)
     for j, row in enumerate(grid):
         for i, a in enumerate(row):
             ax.text(i, j, f"{a:.2f}", ha="center", va="center", fontsize=8)
