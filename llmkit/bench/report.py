@@ -78,7 +78,8 @@ def plot(out_dir: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> Non
                 ax.plot(conc, [math.nan if y is None else y for y in ys], style, label=q)
         ax.set(xscale="log", xlabel="concurrency", ylabel=label, xticks=conc, xticklabels=[str(c) for c in conc])
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # nothing to draw when every request of the run failed
+            ax.legend()
     fig.suptitle(f"latency percentiles: {title}")
     fig.tight_layout()
     with atomic_path(out_dir / "latency_percentiles.png") as p:

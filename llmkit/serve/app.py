@@ -40,7 +40,7 @@ STATIC = resources.files("llmkit.serve") / "static"
 
 
 def _sse(obj: BaseModel | dict) -> str:
-    data = obj.model_dump_json(exclude_unset=False) if isinstance(obj, BaseModel) else json.dumps(obj)
+    data = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj)
     return f"data: {data}\n\n"
 
 
@@ -87,9 +87,24 @@ def _news(o, k: int | None, index: int, ended: set[int]) -> bool:
     return bool(o.text or (k is not None and o.logprobs))
 
 
-def _streaming(state: ServerState, events: Callable[[], AsyncIterator[str]]) -> StreamingResponse:
-    """An SSE response that holds an admission slot while it streams and always ends with [DONE]."""
-    slot = state.admitted()
+class _HeldStream(StreamingResponse):
+    """A streaming response that releases its admission slot however it ends (even if it never started)."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None]):
+        super().__init__(body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _streaming(state: ServerState, events: Callable[[], AsyncIterator[str]], cost: int = 1) -> StreamingResponse:
+    """An SSE response that holds ``cost`` admission slots while it streams and always ends with [DONE]."""
+    slot = state.admitted(cost)
     slot.__enter__()
 
     async def body() -> AsyncIterator[str]:
@@ -98,12 +113,9 @@ def _streaming(state: ServerState, events: Callable[[], AsyncIterator[str]]) -> 
                 yield event
         except APIError as e:
             yield _sse(e.body())
-        finally:
-            slot.__exit__(None, None, None)
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _HeldStream(body(), lambda: slot.__exit__(None, None, None))
 
 
 def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAPI:
@@ -160,8 +172,8 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
                 if body.include_usage:
                     yield _sse(CompletionResponse(id=rid, model=model, choices=[], usage=acc.usage()))
 
-            return _streaming(state, events)
-        with state.admitted():
+            return _streaming(state, events, len(prompts))
+        with state.admitted(len(prompts)):
             for i, delta in await _until_disconnect(request, state.stream(prompts, params, rid)):
                 acc.add(i, delta)
         choices = [CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason, logprobs=logprobs(c.logprobs))

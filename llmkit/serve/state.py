@@ -96,18 +96,21 @@ class ServerState:
             raise APIError(400, str(e), param, code) from None
 
     @contextlib.contextmanager
-    def admitted(self):
-        """Hold one admission slot for the body of the ``with``; 429 when none is left."""
+    def admitted(self, cost: int = 1):
+        """Hold ``cost`` admission slots (one per engine request) for the ``with``; 429 when too few are left."""
         engine = self.ready()
         limit = engine.engine.scheduler.max_num_seqs + self.config.max_queue
-        if self.in_flight >= limit:
+        if cost > limit:
+            raise APIError(400, f"prompt: {cost} prompts in one request, but the server admits {limit} at once",
+                           "prompt", "invalid_value")
+        if self.in_flight + cost > limit:
             raise APIError(429, f"the server is overloaded ({self.in_flight} requests in flight): retry later",
                            code="overloaded", headers={"Retry-After": str(self.config.retry_after_s)})
-        self.in_flight += 1
+        self.in_flight += cost
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.in_flight -= cost
 
     # ----- generation -----
     def grammar_mask(self, schema: dict[str, Any] | None) -> GrammarMask:

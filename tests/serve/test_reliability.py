@@ -45,7 +45,7 @@ async def stream_text(client: httpx.AsyncClient, body: dict) -> tuple[str, dict]
 @pytest.mark.slow
 def test_64_concurrent_streams_equal_solo_and_metrics_add_up(server):
     bodies = [{**STREAM, "messages": [{"role": "user", "content": f"Hello world {i}" + " fox" * (i % 7)}],
-               "max_tokens": 4 + i % 9, "stream_options": {"include_usage": True}} for i in range(64)]
+               "max_tokens": 3 + i % 6, "stream_options": {"include_usage": True}} for i in range(64)]
     before = scrape(server.url)
 
     async def main():
@@ -105,6 +105,8 @@ def test_overload_is_429_then_serves(tiny, tokenizer):
         assert all(r.json()["error"]["code"] == "overloaded" for code, _, r in results if code == 429)
         after = httpx.post(f"{live.url}/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=60)
         assert after.status_code == 200 and live.app.state.llmkit.in_flight == 0
+        many = httpx.post(f"{live.url}/v1/completions", json={"prompt": ["a", "b", "c"], "max_tokens": 1}, timeout=60)
+        assert many.status_code == 400 and many.json()["error"]["param"] == "prompt"  # more prompts than slots
     finally:
         live.stop()
 

@@ -1,0 +1,235 @@
+"""Serving under load on SmolLM2-135M-Instruct: llmkit serve vs llama.cpp's llama-server vs a serial transformers server.
+
+Each server runs as its own process on 127.0.0.1 and is driven by ``llmkit bench``'s
+load generator (:func:`llmkit.bench.run_bench`: llmperf's workload, streamed chat
+completions, ``ignore_eos`` so every request generates exactly its ``max_tokens``,
+prompts sized with SmolLM2's tokenizer) at each concurrency (default 1/4/16/64),
+for each dtype (fp32, bf16):
+
+- llmkit: ``llmkit serve`` (the engine: continuous batching, paged KV, prefix caching);
+- llama-server: llama.cpp's server, ``--parallel`` = the largest concurrency with continuous
+  batching, on the same weights converted to F32/BF16 by llama.cpp's quantizer (built by
+  ``benchmarks/build_llama_server.sh``; skipped when absent);
+- transformers: a minimal OpenAI-compatible server defined here (``--transformers-server``):
+  ``generate`` with a ``TextIteratorStreamer``, one request at a time (the baseline a
+  hand-written server gives).
+
+It prints one table per dtype: output tok/s, p50/p99 TTFT and p50/p99 inter-token
+latency (``(e2e - ttft) / (tokens - 1)``), errors, and llmkit's ratios to llama-server
+(throughput: llmkit / llama; TTFT: llama / llmkit, so > 1 means llmkit is ahead), and
+keeps every run's ``summary.json`` / PNGs under ``--out``. All servers get the same
+thread count. Run it with nothing else on the machine.
+
+    .venv/bin/python benchmarks/serve.py [--dtypes fp32,bf16] [--concurrency 1,4,16,64] [--num-requests 64]
+        [--input-tokens 550:150] [--output-tokens 150:10] [--threads N] [--skip transformers,llama]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+MODEL = "smollm2-135m-instruct"
+
+
+class ServerProcess:
+    """A server command on a free port, healthy (``/health`` 200) within ``timeout`` s, stopped on close."""
+
+    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 600):
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited with code {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.close()
+        raise RuntimeError(f"{argv[0]} did not become healthy within {timeout} s")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> ServerProcess:
+    from engine import free_port, llama_gguf, llama_server_binary  # benchmarks/engine.py
+
+    port = free_port()
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    if engine == "llmkit":
+        return ServerProcess([str(ROOT / ".venv/bin/llmkit"), "serve", "--model", str(gguf), "--served_model_name",
+                              MODEL, "--dtype", dtype, "--port", str(port), "--max_num_seqs", str(parallel),
+                              "--max_queue", str(4 * parallel), "--log_level", "warning"], port, env)
+    if engine == "llama-server":
+        binary = llama_server_binary()
+        return ServerProcess([str(binary), "-m", str(llama_gguf(binary, gguf, dtype)), "--host", "127.0.0.1",
+                              "--port", str(port), "--parallel", str(parallel), "--ctx-size", str(parallel * 2048),
+                              "--cont-batching", "--no-webui", "--alias", MODEL]
+                             + (["--threads", str(threads)] if threads else []), port)
+    return ServerProcess([sys.executable, __file__, "--transformers-server", "--port", str(port), "--dtype", dtype,
+                          "--gguf", str(gguf)], port, env)
+
+
+# ----- the transformers baseline server -----
+def transformers_server(port: int, dtype: str, gguf: Path) -> None:
+    """An OpenAI-compatible chat endpoint over ``transformers.generate``, serving one request at a time."""
+    import asyncio
+    import json
+    import threading
+
+    import torch
+    import transformers
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    transformers.logging.set_verbosity_error()
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).to(
+        {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).eval()
+    app, lock = FastAPI(), asyncio.Lock()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):  # a plain dict body: this server checks nothing
+        enc = tok.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        ids = enc["input_ids"]
+        max_tokens = body.get("max_tokens") or 256
+        streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        count = [0]
+
+        class Count(transformers.LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                count[0] += 1
+                return scores
+
+        kwargs = dict(input_ids=ids, attention_mask=enc["attention_mask"], max_new_tokens=max_tokens, do_sample=False,
+                      streamer=streamer, logits_processor=[Count()],
+                      min_new_tokens=max_tokens if body.get("ignore_eos") else 0)
+
+        async def events():
+            async with lock:  # serial: one generate at a time
+                thread = threading.Thread(target=lambda: model.generate(**kwargs), daemon=True)
+                thread.start()
+                pieces = iter(streamer)
+                while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                    if piece:
+                        yield f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': piece}}]})}\n\n"
+                thread.join()
+            usage = {"prompt_tokens": ids.shape[1], "completion_tokens": count[0],
+                     "total_tokens": ids.shape[1] + count[0]}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ----- the comparison -----
+def table(dtype: str, results: dict[str, dict]) -> None:
+    levels = [r["concurrency"] for r in next(iter(results.values()))["runs"]]
+    print(f"\n## {dtype}\n")
+    print("| engine | conc | out tok/s | p50 TTFT ms | p99 TTFT ms | p50 ITL ms | p99 ITL ms | errors | "
+          "tok/s ratio | p50 TTFT ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ref = results.get("llama-server")
+    for name, summary in results.items():
+        for i, c in enumerate(levels):
+            if i >= len(summary["runs"]):
+                continue
+            r = summary["runs"][i]
+
+            def ms(metric, q, r=r):
+                v = r[metric][q]
+                return "-" if v is None else f"{v * 1000:.0f}"
+
+            ratio_tp = ratio_ttft = "-"
+            if ref is not None and name != "llama-server":
+                base = ref["runs"][i]
+                if base["mean_output_throughput_token_per_s"]:
+                    ratio_tp = f"{r['mean_output_throughput_token_per_s'] / base['mean_output_throughput_token_per_s']:.2f}"
+                if base["ttft_s"]["p50"] and r["ttft_s"]["p50"]:
+                    ratio_ttft = f"{base['ttft_s']['p50'] / r['ttft_s']['p50']:.2f}"
+            print(f"| {name} | {c} | {r['mean_output_throughput_token_per_s']:.1f} | {ms('ttft_s', 'p50')} | "
+                  f"{ms('ttft_s', 'p99')} | {ms('inter_token_latency_s', 'p50')} | {ms('inter_token_latency_s', 'p99')} | "
+                  f"{r['num_errors']} | {ratio_tp} | {ratio_ttft} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--num-requests", type=int, default=64, help="per concurrency")
+    ap.add_argument("--input-tokens", default="550:150")
+    ap.add_argument("--output-tokens", default="150:10")
+    ap.add_argument("--threads", type=int, default=0, help="threads of every server (0 = their default)")
+    ap.add_argument("--max-seconds", type=float, default=900, help="per concurrency: no request starts after this")
+    ap.add_argument("--skip", default="", help="comma-separated: transformers,llama")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
+    # internal: run the transformers baseline server
+    ap.add_argument("--transformers-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--gguf", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.transformers_server:
+        transformers_server(args.port, args.dtype, Path(args.gguf))
+        return
+
+    from engine import llama_server_binary
+
+    from llmkit.bench import BenchConfig, run_bench
+    from llmkit.bench.workload import parse_length
+    from llmkit.io.pull import pull
+    from llmkit.tokenizer import Tokenizer
+
+    gguf = pull(MODEL)
+    tok = Tokenizer.from_pretrained(gguf)
+    levels = tuple(int(c) for c in args.concurrency.split(","))
+    skip = set(args.skip.split(",")) - {""}
+    engines = ["llmkit"]
+    if "llama" not in skip:
+        if llama_server_binary() is None:
+            print("llama-server: skipped (run benchmarks/build_llama_server.sh to build it)")
+        else:
+            engines.append("llama-server")
+    if "transformers" not in skip:
+        engines.append("transformers")
+    for dtype in args.dtypes.split(","):
+        results = {}
+        for engine in engines:
+            server = start(engine, dtype, gguf, args.threads, max(levels))
+            try:
+                cfg = BenchConfig(f"{server.url}/v1", MODEL, levels, args.num_requests,
+                                  parse_length(args.input_tokens, "input-tokens"),
+                                  parse_length(args.output_tokens, "output-tokens"), ignore_eos=True,
+                                  max_seconds=args.max_seconds)
+                results[engine] = run_bench(cfg, Path(args.out) / f"{engine}-{dtype}",
+                                            count=lambda s: len(tok.encode(s, add_special_tokens=False)))
+            finally:
+                server.close()
+        table(dtype, results)
+
+
+if __name__ == "__main__":
+    main()
