@@ -241,22 +241,21 @@ class LLMEngine:
             (spec if seq.seq_id in proposals else plain).append((seq, lg))
         progressed: dict[str, None] = {}
         # plain rows: one token each, or n for a request's first token (its continuations fork here)
-        rows, params, histories, generators, owners = [], [], [], [], []
+        rows, params, generators, owners = [], [], [], []
         for seq, lg in plain:
             copies = seq.params.n if len(seq.request.seqs) < seq.params.n else 1
             for _ in range(copies):
                 rows.append(lg[-1])
                 params.append(seq.params)
-                histories.append((seq.token_ids[:seq.num_prompt_tokens], seq.output_token_ids))
                 generators.append(self.tracks[seq.request.request_id].generator)
                 owners.append(seq)
         if rows:
             raw = torch.stack(rows)
-            processed = sampler.process(raw, params, histories)
+            processed = sampler.process(raw, params, owners)
             for r, seq in enumerate(owners):
                 processor = self.tracks[seq.request.request_id].logits_processor
                 if processor is not None:
-                    processed[r] = processor(histories[r][1], processed[r])
+                    processed[r] = processor(seq.output_token_ids, processed[r])
             tokens = sampler.sample(processed, params, generators)
             logprobs = self._logprobs(raw, tokens, params)
             i = 0
@@ -273,7 +272,7 @@ class LLMEngine:
             drafts = prop.tokens[:prop.num_drafts]
             track = self.tracks[seq.request.request_id]
             rows = lg[:1 + len(drafts)]  # the last token's and each draft's next-token logits
-            processed = sampler.process(rows, [seq.params] * rows.shape[0], [((), ())] * rows.shape[0])
+            processed = sampler.process(rows, [seq.params] * rows.shape[0], [None] * rows.shape[0])
             accepted = verify(processed, drafts, seq.params.greedy, prop.q, track.generator)
             metrics = seq.request.metrics
             metrics.spec_proposed_tokens += len(drafts)

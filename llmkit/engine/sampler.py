@@ -17,6 +17,7 @@ from collections.abc import Sequence as Seq
 
 import torch
 
+from llmkit.engine.sequence import Sequence
 from llmkit.generate import processors as P
 from llmkit.generate.sampling import SamplingParams
 
@@ -25,13 +26,13 @@ def _column(values: list[float], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
 
 
-def process(logits: torch.Tensor, params: Seq[SamplingParams], histories: Seq[tuple[Seq[int], Seq[int]]]) -> torch.Tensor:
+def process(logits: torch.Tensor, params: Seq[SamplingParams], seqs: Seq[Sequence | None]) -> torch.Tensor:
     """Apply each row's penalties and warpers.
 
     Args:
         logits: (R, V) float32 next-token scores.
         params: one per row.
-        histories: one (prompt ids, generated ids) pair per row (read only for penalised rows).
+        seqs: the sequence of each row, whose prompt and output the penalties read (None where unpenalised).
     Returns:
         (R, V) processed logits (greedy rows get penalties only: warpers never change an argmax).
     """
@@ -40,8 +41,9 @@ def process(logits: torch.Tensor, params: Seq[SamplingParams], histories: Seq[tu
     if any(p.penalised for p in params):
         prompt_seen = torch.zeros(r, vocab, dtype=torch.bool, device=device)
         counts = torch.zeros(r, vocab, device=device)
-        for i, (p, (prompt, output)) in enumerate(zip(params, histories)):
+        for i, (p, seq) in enumerate(zip(params, seqs)):
             if p.penalised:
+                prompt, output = seq.token_ids[:seq.num_prompt_tokens], seq.output_token_ids
                 prompt_seen[i, torch.tensor(prompt, dtype=torch.long, device=device)] = True
                 if output:
                     counts[i].index_add_(0, torch.tensor(output, dtype=torch.long, device=device),

@@ -160,7 +160,7 @@ class DraftProposer:
         for step in range(max(room, default=0)):
             logits = torch.cat(self.runner.run(feeds))  # (len(active), V)
             params = [seqs[i].params for i in active]
-            probs = sampler.process(logits, params, [((), ())] * len(active))
+            probs = sampler.process(logits, params, [None] * len(active))
             tokens = sampler.sample(probs, params, [None] * len(active))
             for row, i in enumerate(active):
                 seq = seqs[i]

@@ -151,3 +151,23 @@ def test_llm_generate_keeps_prompt_order_and_accepts_every_prompt_form(tiny, tok
     with pytest.raises(ValueError, match="sampling_params"):
         llm.generate(prompts, params[:2])
     assert not llm.engine.has_unfinished_requests()  # a refused batch queues nothing
+
+
+def test_penalties_and_truncation_per_row_match_generate(tiny, tokenizer):
+    from llmkit.generate import generate_tokens
+
+    rows = [SamplingParams(repetition_penalty=1.3, max_tokens=12, ignore_eos=True),
+            SamplingParams(presence_penalty=1.5, frequency_penalty=0.5, max_tokens=12, ignore_eos=True),
+            SamplingParams(max_tokens=12, ignore_eos=True),
+            SamplingParams(temperature=0.8, top_k=1, max_tokens=12, ignore_eos=True),  # top-1 sampling is greedy
+            SamplingParams(temperature=0.8, min_p=1.0, max_tokens=12, ignore_eos=True)]  # so is min-p = 1
+    engine = engine_for(tiny, tokenizer)
+    prompt = [5, 6, 7, 5, 6, 7, 9]
+    for i, p in enumerate(rows):
+        engine.add_request(str(i), prompt, p)
+    done = drain(engine)
+    for i, p in enumerate(rows):
+        choice = SamplingParams(**{k: getattr(p, k) for k in ("repetition_penalty", "presence_penalty",
+                                                               "frequency_penalty")})
+        want = generate_tokens(tiny, torch.tensor([prompt]), max_new_tokens=12, sampling=choice).token_ids[0]
+        assert done[str(i)].outputs[0].token_ids == want, f"row {i}"
