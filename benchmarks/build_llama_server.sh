@@ -10,16 +10,18 @@ if [ -x "$binary" ]; then
     echo "$binary"
     exit 0
 fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-python3 -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
-    "llama-cpp-python==$version" -d "$work" >&2
-tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
+work="$cache/work"  # kept until the build succeeds, so an interrupted build resumes
+mkdir -p "$work"
+if [ ! -d "$work/llama_cpp_python-$version" ]; then
+    python3 -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+        "llama-cpp-python==$version" -d "$work" >&2
+    tar -xzf "$work"/llama_cpp_python-"$version".tar.gz -C "$work"
+fi
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
 # CPU build for this machine (native SIMD, OpenMP); no curl: the server only loads local files
 cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$work/build" --target llama-server llama-quantize -j "$(nproc)" >&2
-mkdir -p "$cache"
 cp "$work/build/bin/llama-server" "$work/build/bin/llama-quantize" "$cache/"
+rm -rf "$work"
 echo "$binary"
