@@ -112,7 +112,7 @@ class LlamaServer:
         self.port = free_port()
         self.proc = subprocess.Popen([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
                                       "--parallel", str(parallel), "--ctx-size", str(ctx), "--threads", str(threads),
-                                      "--cont-batching", "--no-webui"],
+                                      "--cont-batching"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline:
