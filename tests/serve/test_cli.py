@@ -22,3 +22,41 @@ def test_served_name():
     assert Args(model="/models/smol.Q8_0.gguf").served_name() == "smol.Q8_0"
     assert Args(model="/ckpt/my-model/").served_name() == "my-model"
     assert Args(model="x", served_model_name="y").served_name() == "y"
+
+
+@pytest.mark.slow
+def test_llmkit_serve_end_to_end(tiny, tokenizer, tmp_path):
+    """The verb itself: a saved checkpoint served by ``python -m llmkit serve`` answers /health, then a completion."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    tiny.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(tmp_path), "--port", str(port),
+                             "--served_model_name", "tiny", "--kv_cache_memory", "16MiB", "--log_level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline, "the server did not become ready"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hello", "max_tokens": 3,
+                                                      "ignore_eos": True}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        assert httpx.get(f"{url}/").text.startswith("<!doctype html>")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
