@@ -47,15 +47,17 @@ def _pair_metrics(loss: Tensor, chosen: Tensor, rejected: Tensor, prefix: str = 
 
 
 def _mean_over(batches: Iterable[Any], fn, max_batches: int) -> dict[str, float]:
+    """Item-weighted means of ``fn(batch) -> (metrics, items)`` over at most ``max_batches``, and ``val_n``."""
     totals: dict[str, float] = {}
     n = 0
     for i, batch in enumerate(batches):
         if i >= max_batches:
             break
-        for k, v in fn(batch).items():
-            totals[k] = totals.get(k, 0.0) + v
-        n += 1
-    return {k: v / max(n, 1) for k, v in totals.items()}
+        metrics, items = fn(batch)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + v * items
+        n += items
+    return {**{k: v / n for k, v in totals.items()}, "val_n": float(n)} if n else {}
 
 
 @dataclass
@@ -110,7 +112,8 @@ class PreferenceObjective:
         def one(batch):
             loss, cr, rj, pol = self._losses(model, batch)
             c, r = _split(pol)
-            return {**_pair_metrics(loss, cr, rj, "val_"), "val_pref_acc": (c.mean > r.mean).float().mean().item()}
+            metrics = {**_pair_metrics(loss, cr, rj, "val_"), "val_pref_acc": (c.mean > r.mean).float().mean().item()}
+            return metrics, len(cr)
         return _mean_over(batches, one, self.max_batches)
 
 
@@ -146,7 +149,7 @@ class RewardObjective:
     def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
         def one(batch):
             c, r = self._scores(model, batch)
-            return _pair_metrics(reward_loss(c, r).mean(), c, r, "val_")
+            return _pair_metrics(reward_loss(c, r).mean(), c, r, "val_"), len(c)
         return _mean_over(batches, one, self.max_batches)
 
 
@@ -186,7 +189,7 @@ class KTOObjective:
         def one(batch):
             loss, cr, rj, kl = self._losses(model, batch)
             return {"val_loss": loss.item(), "val_reward_chosen": _mean(cr), "val_reward_rejected": _mean(rj),
-                    "val_kl": kl.item()}
+                    "val_kl": kl.item()}, len(batch[2])
         return _mean_over(batches, one, self.max_batches)
 
 

@@ -170,7 +170,7 @@ class DistillObjective:
             if i >= self.max_batches:
                 break
             loss, batch_nll = self._losses(model, *self._batch(model, batch, -1))
-            total, nll, n = total + loss.item(), nll + batch_nll.item(), n + 1
+            total, nll, n = total + loss.item() * len(batch), nll + batch_nll.item() * len(batch), n + len(batch)
         if not n:
             return {}
-        return {"val_loss": total / n, "val_nll": nll / n, "val_ppl": math.exp(min(nll / n, 700.0))}
+        return {"val_loss": total / n, "val_nll": nll / n, "val_ppl": math.exp(min(nll / n, 700.0)), "val_n": float(n)}

@@ -58,7 +58,7 @@ def interval(p: float, n: int) -> float:
 def write_report(path: str | Path, report: dict[str, Any], command: str) -> None:
     """``report.md``: metrics before/after, the command, samples."""
     before, after = report["before"], report["after"]
-    n = int(after.get("val_n", report.get("val_items", 0)))
+    n = int(after.get("val_n", 0))
     lines = [f"# llmkit align {report['config']['method']}", "", f"Model `{report['config']['model']}`, data "
              f"`{report['data']}`, {report['steps']} steps in {report['train_seconds']} s.", "", "```",
              command, "```", "", "| held-out metric | before | after |", "|---|---|---|"]

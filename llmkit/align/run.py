@@ -256,7 +256,7 @@ def align(cfg: AlignConfig, reward_fn: RewardFn | None = None) -> dict[str, Any]
         model.save(out / "reward_model.safetensors")
     after_samples = _samples(cfg, model, tokenizer, records.val)
     report = {"config": cfg.to_dict(), "data": records.source, "base_model": str(source), "steps": result.step,
-              "train_seconds": round(seconds, 1), "val_items": len(records.val), "before": before, "after": after,
+              "train_seconds": round(seconds, 1), "before": before, "after": after,
               "samples": [{"prompt": r["prompt"][-1]["content"], "before": b, "after": a}
                           for r, b, a in zip(records.val, before_samples, after_samples)]}
     (out / "align.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
