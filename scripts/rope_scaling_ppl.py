@@ -1,16 +1,19 @@
 """Perplexity vs length for every RoPE scaling method on a model evaluated beyond its trained length.
 
-Loads a checkpoint trained at ``--trained_len`` tokens (default: the speedrun's
-pretraining model, trained at 256), rebuilds it under each of llmkit's
-``ROPE_SCALINGS`` with ``rope_original_max_seq_len = trained_len`` and
-``rope_factor = length / trained_len`` (each method at the factor that maps
-the evaluated length onto the trained one; ``none`` is plain extrapolation),
-and scores non-overlapping windows of each length from held-out text: the
-mean NLL over all positions of a window, so longer windows include every
-shorter distance. Writes a PNG and prints a table (docs/long-context.md).
+Loads a checkpoint trained at ``--trained_len`` tokens, rebuilds it under each
+of llmkit's ``ROPE_SCALINGS`` with ``rope_original_max_seq_len = trained_len``
+and ``rope_factor = length / trained_len`` (each method at the factor that
+maps the evaluated length onto the trained one; ``none`` is plain
+extrapolation), and scores non-overlapping windows of each length from
+held-out text: the mean NLL over all positions of a window, so longer windows
+include every shorter distance. Writes a PNG and prints a table; ``--as_is``
+scores a checkpoint under its own RoPE config instead (after a PI or YaRN
+fine-tune). The numbers in docs/long-context.md come from this recipe:
 
-    .venv/bin/python scripts/rope_scaling_ppl.py --model runs/speedrun/pretrain/model --trained_len 256 \
-        [--lengths 256 512 1024 2048 4096] [--tokens 16384] [--out docs/images/rope_scaling_ppl.png]
+    llmkit train recipes/tiny-shakespeare.yaml --model nano --seq_len 64 --batch_size 16 --max_steps 400 \
+        --out_dir runs/rope64
+    .venv/bin/python scripts/rope_scaling_ppl.py --model runs/rope64/model --trained_len 64 \
+        --lengths 64 128 256 512 1024 2048
 """
 from __future__ import annotations
 
@@ -73,14 +76,22 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16384, help="held-out tokens scored per length")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/images/rope_scaling_ppl.png")
+    p.add_argument("--as_is", action="store_true",
+                   help="score the checkpoint with its own RoPE config only (e.g. after a PI/YaRN fine-tune); no plot")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     base, tokenizer = load_model_and_tokenizer(args.model)
     ids = held_out_ids(tokenizer, args.corpus, args.tokens)
+    path = Path(args.model)
+    name = path.parent.name if path.name == "model" else path.name  # a training run's model/ is named by its run
+    if args.as_is:
+        cfg = base.cfg
+        print(f"| {name} ({cfg.rope_scaling}, factor {cfg.rope_factor:g}) | "
+              + " | ".join(f"{window_ppl(base, ids, n):.2f}" for n in args.lengths) + " |")
+        return
     table = {m: [window_ppl(rescaled(base, m, args.trained_len, n), ids, n) for n in args.lengths]
              for m in ROPE_SCALINGS}
 
-    name = Path(args.model).name if Path(args.model).name != "model" else Path(args.model).parent.parent.name
     print(f"\nperplexity of {len(ids)} held-out {args.corpus} tokens in windows of each length "
           f"({name}, trained at {args.trained_len})")
     print("| method | " + " | ".join(map(str, args.lengths)) + " |\n|---|" + "---|" * len(args.lengths))
