@@ -3,7 +3,9 @@
 Rows (all from the same Q4_1 file, so every row holds the same weights up to its own rounding):
 
 - fp32, bf16: the file dequantised (``load_model(path)``), cast for bf16;
-- Q4_1 native: the file itself, ``keep_quantized=True`` (GGUFLinear, llmkit's block kernels);
+- Q4_1 native: the file itself, ``keep_quantized=True`` (GGUFLinear, llmkit's block kernels,
+  exact fp32 products); "Q4_1 native int8" the same with ``int8_activations`` (llama.cpp's
+  int8-rounded activations in decode steps);
 - Q8_0 native: the dequantised model exported by ``export_gguf(dtype="q8_0")`` (written once
   to ``~/.cache/llmkit/bench``) and loaded with ``keep_quantized=True``;
 - llama.cpp Q4_1 / Q8_0 on the same two files, when llama-cpp-python is installed.
@@ -28,6 +30,16 @@ from pathlib import Path
 import torch
 
 Run = Callable[[torch.Tensor, int], None]  # generate exactly n tokens after the (1, T) prompt
+
+
+def int8_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every GGUF block layer decoding with int8-rounded activations."""
+    from llmkit.quant.gguf_linear import GGUFLinear
+
+    for m in model.modules():
+        if isinstance(m, GGUFLinear):
+            m.int8_activations = True
+    return model
 
 
 def weight_mb(model: torch.nn.Module) -> float:
@@ -106,15 +118,16 @@ def main() -> None:
     q4_1 = resolve_model("smollm2-135m-instruct")
     q8_0 = q8_0_file(q4_1)
     gguf_ops.load()
-    int8 = torch.ops.llmkit.gguf_int8_activations()
+    int8 = torch.ops.llmkit.gguf_int8_activations()  # whether the int8 row really rounds to int8
     prompt = torch.randint(100, 40_000, (1, 128), generator=torch.Generator().manual_seed(0))
     print(f"SmolLM2-135M-Instruct on cpu, {threads} threads, torch {torch.__version__}; {n} new tokens after "
-          f"{prompt.shape[1]}, best of {repeats}; block kernels: {'int8 (VNNI)' if int8 else 'fp32'} dot products")
+          f"{prompt.shape[1]}, best of {repeats}; int8 row: {'int8' if int8 else 'fp32 (no AVX2)'} dot products")
 
     models = {
         "fp32": (load_model(q4_1), q4_1),
         "bf16": (load_model(q4_1, dtype=torch.bfloat16), q4_1),
         "Q4_1 native": (load_model(q4_1, keep_quantized=True), q4_1),
+        "Q4_1 native int8": (int8_activations(load_model(q4_1, keep_quantized=True)), q4_1),
         "Q8_0 native": (load_model(q8_0, keep_quantized=True), q8_0),
     }
     runs: dict[str, Run] = {}
@@ -133,7 +146,7 @@ def main() -> None:
     header = f"{'engine':<30} {'weights (MB)':>12} {'TTFT (ms)':>10} {'decode b1 (tok/s)':>18}"
     print("\n" + header + "\n" + "-" * len(header))
     for engine, (ttft, tps) in rows.items():
-        key = next((k for k in models if k in engine), None)
+        key = max((k for k in models if k in engine), key=len)  # "Q4_1 native int8" over "Q4_1 native"
         mb = weight_mb(models[key][0]) if engine.startswith("llmkit") else \
             (q4_1 if "Q4_1" in engine else q8_0).stat().st_size / 1e6
         print(f"{engine:<30} {mb:>12.0f} {ttft:>10.0f} {tps:>18.1f}")

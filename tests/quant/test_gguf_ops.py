@@ -41,14 +41,16 @@ def test_dequantize_op_equals_the_fallback(qtype):
 
 @built
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("rows", [1, 3, 20])  # few rows (decode kernel) and many (tiled GEMM)
-def test_mm_equals_the_dequantised_product(qtype, rows):
+@pytest.mark.parametrize("rows", [1, 3, 20])  # few rows (decode kernels) and many (tiled GEMM)
+@pytest.mark.parametrize("int8", [False, True])
+def test_mm_equals_the_dequantised_product(qtype, rows, int8):
     w = random_blocks(qtype, 70, 512)
     x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(1))
     dense = dequantize_blocks(w, qtype, 512).double()
-    y = torch.ops.llmkit.gguf_mm(x, w, GGUF_TYPES[qtype].ggml_type, 512)
+    y = torch.ops.llmkit.gguf_mm(x, w, GGUF_TYPES[qtype].ggml_type, 512, int8)
     scale = (x.double() @ dense.T).abs().max()
-    exact_x = x if rows > 8 or not torch.ops.llmkit.gguf_int8_activations() else _q8_activations(x)
+    rounded = int8 and rows <= 8 and torch.ops.llmkit.gguf_int8_activations()
+    exact_x = _q8_activations(x) if rounded else x
     torch.testing.assert_close(y.double() / scale, exact_x.double() @ dense.T / scale, rtol=0, atol=1e-6)
     # and the torch fallback (F.linear on the torch dequantisation) within int8 rounding of x
     torch.testing.assert_close(y / scale.float(), F.linear(x, dense.float()) / scale.float(), rtol=0, atol=2e-2)
@@ -58,7 +60,7 @@ def test_mm_equals_the_dequantised_product(qtype, rows):
 def test_mm_keeps_leading_dims_and_dtype():
     w = random_blocks("q4_1", 48, 64)
     x = torch.randn(2, 3, 64).to(torch.bfloat16)
-    y = gguf_ops.gguf_linear(x, w, "q4_1", 64, bias=torch.ones(48))
+    y = gguf_ops.gguf_linear(x, w, "q4_1", 64, bias=torch.ones(48), int8_activations=True)
     assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
     ref = F.linear(x.float(), dequantize_blocks(w, "q4_1", 64)) + 1
     torch.testing.assert_close(y.float() / ref.abs().max(), ref / ref.abs().max(), rtol=0, atol=2e-2)
@@ -68,9 +70,9 @@ def test_mm_keeps_leading_dims_and_dtype():
 def test_bad_shapes_name_the_problem():
     w = random_blocks("q8_0", 4, 64)
     with pytest.raises(RuntimeError, match="weight rows have 68 bytes, 102 expected for in_features=96"):
-        torch.ops.llmkit.gguf_mm(torch.randn(1, 96), w, 8, 96)
+        torch.ops.llmkit.gguf_mm(torch.randn(1, 96), w, 8, 96, False)
     with pytest.raises(RuntimeError, match="unsupported ggml type id 6"):
-        torch.ops.llmkit.gguf_mm(torch.randn(1, 64), w, 6, 64)
+        torch.ops.llmkit.gguf_mm(torch.randn(1, 64), w, 6, 64, False)
 
 
 @built
@@ -79,9 +81,9 @@ def test_bad_shapes_name_the_problem():
 def test_opcheck(qtype):
     w = random_blocks(qtype, 16, 256)
     t = GGUF_TYPES[qtype].ggml_type
-    for rows in (1, 12):
+    for rows, int8 in ((1, True), (12, False)):
         x = torch.randn(rows, 256, requires_grad=True)
-        torch.library.opcheck(torch.ops.llmkit.gguf_mm.default, (x, w, t, 256))
+        torch.library.opcheck(torch.ops.llmkit.gguf_mm.default, (x, w, t, 256, int8))
     torch.library.opcheck(torch.ops.llmkit.gguf_dequantize.default, (w, t, 256, torch.float32))
 
 

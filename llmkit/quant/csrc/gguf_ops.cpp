@@ -5,15 +5,16 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   On AVX2 CPUs this is llama.cpp's recipe: x is quantised per 32-block to int8
+//   By default a row is dequantised into an fp32 buffer that stays in L1 and dotted in
+//   fp32 with every x row (exact fp32 products). With int8_activations, on AVX2 CPUs,
+//   it is llama.cpp's recipe: x is quantised per 32-block to int8
 //   (scale dx = max|x| / 127) and every 32 weights cost one int8 dot of unsigned weight
 //   bytes with signed activation bytes (vpdpbusd with VNNI: AVX512-VNNI or AVX-VNNI;
 //   vpmaddubsw + vpmaddwd without), whose 8 int32 lanes are scaled by dw * dx into an
 //   fp32 accumulator. Q4 nibbles (0..15) and Q6_K values (0..63) are unsigned already;
 //   the offsets (-8, -32) and Q4_1's and Q4_K's mins are paid once per block with the x
 //   block's sum; Q8_0's signed weights move their sign onto x. This rounds x to 8 bits,
-//   as llama.cpp does (relative error ~0.5% per product). Other CPUs dequantise a row
-//   into an fp32 buffer that stays in L1 and take fp32 dot products with every x row.
+//   as llama.cpp does (relative error ~0.5% per product); other CPUs keep the fp32 path.
 // - many rows (prefill, training): tiles of W rows are dequantised to fp32 and
 //   multiplied with torch's GEMM, so the dequantisation is paid once per tile.
 #include <ATen/ATen.h>
@@ -363,7 +364,8 @@ bool mm_rows_int8(const float*, int64_t, const uint8_t*, int64_t, int64_t, int64
 constexpr bool kInt8Dot = false;
 #endif
 
-at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype, int64_t in_features) {
+at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype, int64_t in_features,
+                   bool int8_activations) {
   check_weight(weight, qtype, in_features, "gguf_mm");
   TORCH_CHECK(weight.dim() == 2, "gguf_mm: the weight must be (out_features, row_bytes)");
   TORCH_CHECK(x.size(-1) == in_features, "gguf_mm: x has ", x.size(-1), " features, the weight ", in_features);
@@ -377,7 +379,7 @@ at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype,
   if (m == 0) return out.reshape(shape).to(x.scalar_type());
   const uint8_t* wp = w.data_ptr<uint8_t>();
   if (m <= kSmallM) {
-    if (!mm_rows_int8(xf.data_ptr<float>(), m, wp, n, k, qtype, out.data_ptr<float>()))
+    if (!(int8_activations && mm_rows_int8(xf.data_ptr<float>(), m, wp, n, k, qtype, out.data_ptr<float>())))
       mm_rows_fp32(xf.data_ptr<float>(), m, wp, n, k, qtype, out.data_ptr<float>());
     return out.reshape(shape).to(x.scalar_type());
   }
@@ -400,8 +402,8 @@ at::Tensor gguf_mm(const at::Tensor& x, const at::Tensor& weight, int64_t qtype,
 // TORCH_LIBRARY(llmkit, ...) is llmkit/generate/decode_attention.cpp's; this file adds to that namespace
 TORCH_LIBRARY_FRAGMENT(llmkit, m) {
   m.def("gguf_dequantize(Tensor weight, int qtype, int in_features, ScalarType dtype) -> Tensor");
-  m.def("gguf_mm(Tensor x, Tensor weight, int qtype, int in_features) -> Tensor");
-  // whether gguf_mm's few-rows path rounds x to int8 (built with VNNI) or stays in fp32
+  m.def("gguf_mm(Tensor x, Tensor weight, int qtype, int in_features, bool int8_activations) -> Tensor");
+  // whether gguf_mm(..., int8_activations=True) can round x to int8 (built for AVX2) or stays in fp32
   m.def("gguf_int8_activations() -> bool", [] { return kInt8Dot; });
 }
 
