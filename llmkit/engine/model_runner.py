@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from llmkit.generate import decode_attention
 from llmkit.generate.compile import compile_step
 
 from llmkit.model import CausalLM
@@ -49,11 +50,11 @@ class Feed(NamedTuple):
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def decode_step(model: CausalLM, caches: list, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
-                tables: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+def decode_step(model: CausalLM, caches: list, kernel: Callable[..., torch.Tensor] | None, ids: torch.Tensor,
+                positions: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """One token for each of B sequences (the function that gets compiled): ids (1, B) -> logits (B, V) float32."""
     b = ids.shape[1]
-    paged = PagedMetadata(caches, slots, tables, lens, [1] * b, None, b)
+    paged = PagedMetadata(caches, slots, tables, lens, [1] * b, None, b, decode_kernel=kernel)
     return model(ids, position_ids=positions, paged=paged)[0].float()
 
 
@@ -89,10 +90,9 @@ class ModelRunner:
         self.spare_slot = num_blocks * block_size
         self.table_width = -(-cfg.max_seq_len // block_size) + 1
         self.compile = compile
-        if compile and self.device.type == "cpu":
-            from llmkit.generate import decode_attention
-
-            decode_attention.load()  # built before tracing: compiled code only reads its LOADED flag
+        # the C++ decode kernel on CPU (built once per machine); None elsewhere or without a compiler
+        self.kernel = (decode_attention.paged_decode_attention
+                       if self.device.type == "cpu" and decode_attention.load() else None)
         self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> compiled decode step
 
     def copy_blocks(self, copies: Seq[tuple[int, int]]) -> None:
@@ -133,7 +133,7 @@ class ModelRunner:
         dev = self.device
         paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
                               torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
-                              sum(1 for q in qlens if q == 1), masks)
+                              sum(1 for q in qlens if q == 1), masks, self.kernel)
         logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
                             paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
         out: list[torch.Tensor] = [None] * len(feeds)  # type: ignore[list-item]
@@ -158,7 +158,7 @@ class ModelRunner:
         step = self.steps.get(bucket)
         if step is None:
             step = self.steps[bucket] = compile_step(decode_step, dev)
-        logits = step(self.model, self.caches, torch.tensor([[f.tokens[0] for f in feeds] + [0] * pad], device=dev),
+        logits = step(self.model, self.caches, self.kernel, torch.tensor([[f.tokens[0] for f in feeds] + [0] * pad], device=dev),
                       torch.tensor([positions], device=dev),
                       torch.tensor(slots + [self.spare_slot] * pad, device=dev), tables.to(dev),
                       torch.tensor([p + 1 for p in positions], dtype=torch.int32, device=dev))

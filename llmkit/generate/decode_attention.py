@@ -41,7 +41,6 @@ from torch.overrides import TorchFunctionMode
 SOURCE = Path(__file__).with_name("decode_attention.cpp")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 log = logging.getLogger(__name__)
-LOADED = False  # set by a successful load(); a plain flag that compiled code can read without tracing load()
 
 
 @functools.cache
@@ -61,8 +60,6 @@ def load() -> bool:
         return False
     torch.library.register_fake("llmkit::decode_attention")(_shape)
     torch.library.register_fake("llmkit::paged_decode_attention")(_paged_shape)
-    global LOADED
-    LOADED = True
     return True
 
 

@@ -10,6 +10,7 @@ block pool itself, without touching the block code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,8 @@ class PagedMetadata:
         num_decodes: how many leading sequences have exactly one token.
         chunk_masks: sequence index -> (T, T) bool mask among that sequence's T new tokens, replacing
             the causal one (lookahead decoding's branches); None or absent = causal.
+        decode_kernel: the CPU kernel for the decode rows (``paged_decode_attention`` of
+            ``llmkit.generate.decode_attention``, which the engine builds); None = gather + SDPA.
     """
 
     caches: list[Any]
@@ -45,6 +48,7 @@ class PagedMetadata:
     host_context_lens: list[int] | None
     num_decodes: int
     chunk_masks: dict[int, torch.Tensor] | None = None
+    decode_kernel: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass

@@ -12,7 +12,8 @@ keeps its latent and shared rotary key instead), which is also a flat array of
 table. One engine step is one flattened row of tokens (see
 :class:`~llmkit.model.metadata.PagedMetadata`): decode rows (one query each)
 attend in one batched call, through the C++ kernel of
-:mod:`llmkit.generate.decode_attention` on CPU, flash-attn's paged kernel on
+:mod:`llmkit.generate.decode_attention` on CPU (the engine hands it in as
+``PagedMetadata.decode_kernel``), flash-attn's paged kernel on
 CUDA when it is installed (and blocks hold a multiple of 256 slots), or a
 gather + SDPA elsewhere;
 prompt chunks attend one sequence at a time, causally over their cached
@@ -21,7 +22,7 @@ prefix and themselves.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
     if nd:
         longest = max(paged.host_context_lens[:nd]) if paged.host_context_lens is not None else None
         out[:nd] = decode_attention(q[:nd], cache.k, cache.v, paged.block_tables[:nd], paged.context_lens[:nd],
-                                    longest, scale)
+                                    longest, scale, paged.decode_kernel)
     for i, start, t, ctx in segments(paged, first=nd):  # prompt chunks
         if t == ctx:  # nothing cached before this chunk: its own K/V are the whole context
             ks, vs = k[start:start + t], v[start:start + t]
@@ -135,15 +136,15 @@ def flash_paged_ok(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
 
 
 def decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
-                     context_lens: torch.Tensor, max_context: int | None, scale: float) -> torch.Tensor:
+                     context_lens: torch.Tensor, max_context: int | None, scale: float,
+                     kernel: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """One query per sequence over its paged cache: q (B, H, D) -> (B, H, Dv).
 
-    On CPU the C++ kernel reads the blocks in place; on CUDA flash-attn's paged kernel does when
+    ``kernel`` (``llmkit.generate.decode_attention.paged_decode_attention``, or None) reads the blocks
+    in place on CPU, grouped heads folded into the query rows; on CUDA flash-attn's paged kernel does when
     :func:`flash_paged_ok`; elsewhere (or without a compiler) the blocks are gathered into a padded (B, Hkv, S, D) batch for SDPA, ``max_context`` slots wide
     (None: the whole block table, a static width for a compiled step).
     """
-    from llmkit.generate import decode_attention as kernel  # lazy: generate/ builds the kernel
-
     b, h, d = q.shape
     hkv = k_pool.shape[2]
     if flash_paged_ok(q, k_pool):  # flash-attn's paged kernel reads this very pool layout
@@ -153,8 +154,8 @@ def decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
                                     block_table=block_tables, softmax_scale=scale)  # (B, 1, H, Dv)
         return y[:, 0]
     q = q.view(b, hkv, h // hkv, d)  # grouped query heads folded into the row axis
-    if q.device.type == "cpu" and q.dtype == k_pool.dtype and (kernel.LOADED or kernel.load()):
-        y = kernel.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)
+    if kernel is not None and q.device.type == "cpu" and q.dtype == k_pool.dtype:
+        y = kernel(q, k_pool, v_pool, block_tables, context_lens, scale)
         return y.reshape(b, h, -1)
     if max_context is None:
         max_context = block_tables.shape[1] * k_pool.shape[1]
