@@ -238,14 +238,17 @@ def _swap_in_blocks(model: CausalLM, blocks: dict[str, tuple[str, torch.Tensor]]
             new = GGUFEmbedding(old.num_embeddings, old.embedding_dim, qtype, dtype, device="meta")
         elif isinstance(old, nn.Linear):
             new = GGUFLinear(old.in_features, old.out_features, qtype, old.bias is not None, dtype, device="meta")
-            new.bias = None if old.bias is None else old.bias.requires_grad_(False)
         else:
             raise CheckpointError(f"GGUF tensor {name} has block type {qtype} but is not a linear or embedding weight")
+        new.to_empty(device=data.device)  # real storage (never touched: it is all replaced) for its buffers
         new.weight = data
+        if isinstance(new, GGUFLinear) and old.bias is not None:
+            new.bias = old.bias.requires_grad_(False)
         model.set_submodule(path, new)
     embed = model.model.embed_tokens
     if model.cfg.tie_word_embeddings and isinstance(embed, GGUFEmbedding):
         head = GGUFLinear(embed.embedding_dim, embed.num_embeddings, embed.qtype, dtype=dtype, device="meta")
+        head.to_empty(device=embed.weight.device)
         head.weight = embed.weight
         model.lm_head = head
 

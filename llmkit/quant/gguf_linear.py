@@ -78,17 +78,24 @@ class GGUFEmbedding(nn.Module):
     Args:
         num_embeddings, embedding_dim: the table's shape; ``embedding_dim`` a multiple of the block size.
         qtype: the layout, by name or ggml type id.
-        dtype: the dtype of the looked-up vectors (the model's activation dtype).
+        dtype: the dtype of the looked-up vectors (the model's activation dtype); ``module.to(dtype)``
+            changes it, as it would a float table's.
         device: where the table goes.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, qtype: str | int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
-        self.num_embeddings, self.embedding_dim, self.compute_dtype = num_embeddings, embedding_dim, dtype
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.qtype = gguf_type(qtype).name
+        # an empty float tensor that .to() casts like any float buffer: it carries the output dtype
+        self.register_buffer("dtype_probe", torch.empty(0, dtype=dtype, device=device), persistent=False)
         row_bytes = gguf_type(qtype).row_bytes(embedding_dim)
         self.register_buffer("weight", torch.zeros(num_embeddings, row_bytes, dtype=torch.uint8, device=device))
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype_probe.dtype
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (...) -> (..., embedding_dim)
         return gguf_dequantize(self.weight[ids], self.qtype, self.embedding_dim, self.compute_dtype)

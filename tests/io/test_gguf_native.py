@@ -117,3 +117,12 @@ def test_smollm2_stays_quantised(smollm2_gguf):
         a, b = native(ids), dense(ids)
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
     assert generate_tokens(native, ids, max_new_tokens=6).token_ids == generate_tokens(dense, ids, max_new_tokens=6).token_ids
+
+
+def test_cast_and_move_like_a_float_model(tmp_path):
+    """model.to(dtype) casts the activations and float tensors, never the blocks; .to(device) moves everything."""
+    native = load_model(_file(tmp_path, "q8_0", tie_word_embeddings=False, qkv_bias=True), keep_quantized=True)
+    native.to("cpu").to(torch.bfloat16)
+    assert native.dtype == torch.bfloat16 and native.model.embed_tokens.weight.dtype == torch.uint8
+    with torch.no_grad():
+        assert native(_ids()).dtype == torch.bfloat16

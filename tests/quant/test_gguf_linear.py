@@ -33,6 +33,7 @@ def test_embedding_gathers_dequantised_rows():
     out = table(ids)
     assert out.shape == (2, 3, 256)
     torch.testing.assert_close(out, dequantize_blocks(table.weight, "q6_k", 256)[ids], rtol=0, atol=0)
+    assert table.to(torch.bfloat16)(ids).dtype == torch.bfloat16 and table.weight.dtype == torch.uint8
 
 
 def test_lora_trains_on_a_frozen_gguf_base():
