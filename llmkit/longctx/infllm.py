@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from llmkit.longctx.memory import MemoryLM, _cat
+from llmkit.longctx.memory import MemoryLM, append_tokens
 from llmkit.model import CausalLM
 
 
@@ -34,7 +34,7 @@ class BlockMemory:
 
     def add(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor) -> None:
         pk, pv, ps = self.pending or (None, None, None)
-        k, v, score = _cat(pk, k), _cat(pv, v), _cat(ps, score)
+        k, v, score = append_tokens(pk, k), append_tokens(pv, v), append_tokens(ps, score)
         full = k.shape[2] // self.block_size * self.block_size
         self.pending = (k[:, :, full:], v[:, :, full:], score[:, :, full:]) if k.shape[2] > full else None
         if not full:

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from llmkit.longctx.memory import MemoryLM, _cat
+from llmkit.longctx.memory import MemoryLM, append_tokens
 from llmkit.model import CausalLM
 
 
@@ -36,7 +36,7 @@ class KNNMemory:
         self.faiss: list[list] | None = None  # [b][h] -> IndexFlatIP
 
     def add(self, k: torch.Tensor, v: torch.Tensor, score: torch.Tensor) -> None:
-        self.keys, self.values = _cat(self.keys, k), _cat(self.values, v)
+        self.keys, self.values = append_tokens(self.keys, k), append_tokens(self.values, v)
         if self.index == "faiss":
             import faiss
 

@@ -54,8 +54,9 @@ class ContextMemory(Protocol):
         the queries or (B, Hkv, G, T, N, Dv) per query), or None when there is nothing to retrieve."""
 
 
-def _cat(a: torch.Tensor | None, b: torch.Tensor, dim: int = 2) -> torch.Tensor:
-    return b if a is None else torch.cat([a, b], dim=dim)
+def append_tokens(old: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """``new`` appended to ``old`` along the token axis (dim 2 of (B, Hkv, n, ...)); ``old`` may be None."""
+    return new if old is None else torch.cat([old, new], dim=2)
 
 
 class MemoryAttention(nn.Module):
@@ -120,7 +121,7 @@ class MemoryAttention(nn.Module):
         take = max(min(self.sinks - have, n_out), 0)
         if take:
             old_k, old_v = self.sink_kv or (None, None)
-            self.sink_kv = (_cat(old_k, ek[:, :, :take]), _cat(old_v, ev[:, :, :take]))
+            self.sink_kv = (append_tokens(old_k, ek[:, :, :take]), append_tokens(old_v, ev[:, :, :take]))
         if take < n_out:
             self.memory.add(ek[:, :, take:], ev[:, :, take:], escore[:, :, take:])
 
