@@ -2,6 +2,17 @@
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for every test: on a CPU shared with other jobs, OpenMP threads waiting on
+    each other slow small steps down several-fold, and the test models are too small to gain from more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

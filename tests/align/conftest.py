@@ -22,14 +22,6 @@ ANSWERS = ["Paris", "Jane Austen", "Blue", "Four", "An apple", "Honey", "In Ital
            "An admiral", "An instrument", "Chlorophyll", "The Thames", "Four", "The Egyptians", "Baked dough", "Red"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random CausalLM (tied embeddings) with a BPE tokenizer trained on the data's words."""

@@ -11,15 +11,6 @@ from llmkit.generate import generate, load_model_and_tokenizer
 from llmkit.tokenizer import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: decode steps of a tiny model stall when OpenMP threads compete for a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A directory holding a tiny random CausalLM and a small trained tokenizer, side by side."""

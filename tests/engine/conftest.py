@@ -11,15 +11,6 @@ from llmkit.generate import generate_tokens
 from llmkit.tokenizer import Tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: steadier on a CPU shared with other jobs (see tests/generate/conftest.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
     text = ("Hello world. The quick brown fox jumps over the lazy dog. END of story.\n" * 20

@@ -14,14 +14,6 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
 CONTEXT = 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
     """A byte-level BPE of 300 ids (EOS = <|endoftext|>, no BOS)."""

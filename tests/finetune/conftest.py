@@ -15,15 +15,6 @@ QA = [("What is the capital of France?", "Paris is the capital of France."),
       ("What do bees make?", "Bees make honey.")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: a tiny model gains nothing from more, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny random CausalLM (tied embeddings) with a BPE tokenizer trained on the conversations."""

@@ -14,16 +14,6 @@ HF_TINY = dict(vocab_size=48, hidden_size=64, intermediate_size=96, num_hidden_l
                bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, OpenMP threads waiting on each other
-    slow small decode steps down several-fold; one thread keeps these tests fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny() -> CausalLM:
     torch.manual_seed(0)

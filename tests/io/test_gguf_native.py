@@ -18,14 +18,6 @@ CFG = ModelConfig(vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, f
                   init_std=0.25, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _file(tmp_path, dtype="q4_1", **changes):
     torch.manual_seed(0)
     path = tmp_path / f"tiny-{dtype}.gguf"

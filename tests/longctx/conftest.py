@@ -10,14 +10,6 @@ from llmkit import CausalLM, ModelConfig
 TINY = dict(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=256, init_std=0.2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(**overrides) -> CausalLM:
     torch.manual_seed(0)
     return CausalLM(ModelConfig(**{**TINY, **overrides})).eval()

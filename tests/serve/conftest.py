@@ -48,14 +48,6 @@ def serve(tiny, tokenizer, *, max_num_seqs: int = 64, **config) -> LiveServer:
     return LiveServer(ServeConfig(MODEL, **config), load)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def server(tiny, tokenizer) -> Iterator[LiveServer]:
     live = serve(tiny, tokenizer).start()
