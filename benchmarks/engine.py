@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import subprocess
@@ -105,35 +106,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LlamaServer:
-    """llama.cpp's server on 127.0.0.1 over one GGUF file, stopped on exit."""
+class ServerProcess:
+    """A server command on a free port, healthy (``/health`` 200) within ``timeout`` s, stopped on close."""
 
-    def __init__(self, binary: Path, gguf: Path, parallel: int, ctx: int, threads: int):
-        self.port = free_port()
-        self.proc = subprocess.Popen([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--parallel", str(parallel), "--ctx-size", str(ctx), "--threads", str(threads),
-                                      "--cont-batching"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 600):
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + timeout
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited with code {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.5)
         self.close()
-        raise RuntimeError("llama-server did not become healthy within 120 s")
+        raise RuntimeError(f"{argv[0]} did not become healthy within {timeout} s")
 
-    def close(self):
+    def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class LlamaServer(ServerProcess):
+    """llama.cpp's server on 127.0.0.1 over one GGUF file, with its native streaming completion endpoint."""
+
+    def __init__(self, binary: Path, gguf: Path, parallel: int, ctx: int, threads: int):
+        port = free_port()
+        super().__init__([str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--parallel",
+                          str(parallel), "--ctx-size", str(ctx), "--threads", str(threads), "--cont-batching"], port)
 
     def one(self, prompt: list[int], n: int, start: float) -> float:
         """Stream one completion; returns its time to first token."""
         body = json.dumps({"prompt": prompt, "n_predict": n, "ignore_eos": True, "temperature": 0.0,
                            "stream": True, "cache_prompt": False}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/completion", data=body,
+        req = urllib.request.Request(f"{self.url}/completion", data=body,
                                      headers={"Content-Type": "application/json"})
         first, count = None, 0
         with urllib.request.urlopen(req, timeout=3600) as resp:

@@ -26,8 +26,6 @@ thread count. Run it with nothing else on the machine.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 import urllib.request
@@ -38,36 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODEL = "smollm2-135m-instruct"
 
 
-class ServerProcess:
-    """A server command on a free port, healthy (``/health`` 200) within ``timeout`` s, stopped on close."""
-
-    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 600):
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{argv[0]} exited with code {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        self.close()
-        raise RuntimeError(f"{argv[0]} did not become healthy within {timeout} s")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> ServerProcess:
-    from engine import free_port, llama_gguf, llama_server_binary  # benchmarks/engine.py
+def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> "ServerProcess":
+    from engine import ServerProcess, free_port, llama_gguf, llama_server_binary  # benchmarks/engine.py
 
     port = free_port()
     env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
