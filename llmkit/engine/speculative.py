@@ -160,13 +160,14 @@ class DraftProposer:
         for step in range(max(room, default=0)):
             logits = torch.cat(self.runner.run(feeds))  # (len(active), V)
             params = [seqs[i].params for i in active]
-            probs = sampler.process(logits, params, [None] * len(active))
-            tokens = sampler.sample(probs, params, [None] * len(active))
+            processed = sampler.process(logits, params, [None] * len(active))
+            tokens = sampler.sample(processed, params, [None] * len(active))
             for row, i in enumerate(active):
                 seq = seqs[i]
                 seq.draft_computed = seq.num_tokens + step  # everything fed so far is in the draft's pool
                 out[i][0].append(int(tokens[row]))
-                out[i][1].append(probs[row].softmax(-1))
+                if not seq.params.greedy:  # q for speculative sampling; greedy verification needs none
+                    out[i][1].append(processed[row].softmax(-1))
             active = [i for i in active if len(out[i][0]) < room[i]]
             feeds = [Feed(seqs[i].block_table, seqs[i].num_tokens + step, [out[i][0][-1]], 1) for i in active]
             if not active:
