@@ -11,7 +11,6 @@ pairs, prompts or tokens).
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -69,13 +68,7 @@ class AlignTrainer(Trainer):
             tokens += int(metrics.pop("tokens"))
             for k, v in {"loss": loss.item(), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.grad_accum
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip or math.inf)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._apply_gradients()
         self.step += 1
         self.tokens += tokens
         seconds = time.perf_counter() - start

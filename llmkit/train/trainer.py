@@ -295,19 +295,24 @@ class Trainer:
                     loss = loss + aux_coef * aux / len(micro)
                 self.scaler.scale(loss).backward()
             nats_total += nats.detach()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.grad_clip or math.inf)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-            grad_norm = grad_norm.full_tensor()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = self._apply_gradients()
         loss_value = distributed.all_reduce_sum(nats_total, d).item() / targets
         step_tokens = sum(x.numel() for x, _ in micro) * d.world_size
         self.step += 1
         self.tokens += step_tokens
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                 "tok_per_s": step_tokens / (time.perf_counter() - start), "tokens": self.tokens}
+
+    def _apply_gradients(self) -> torch.Tensor:
+        """Unscale, clip, step the optimizer and zero the gradients; the gradient norm before clipping."""
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip or math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics now (empty without validation data)."""
