@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.generate.sampling import SamplingParams
-from llmkit.longctx.sampling import check_sampling, next_token
+from llmkit.longctx.sampling import generate_by_feeding
 from llmkit.longctx.swap import project_out, project_qkv, swap_attention
 from llmkit.model import CausalLM
 from llmkit.model.attention import Attention
@@ -163,13 +163,7 @@ class MemoryLM:
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Feed ``prompt`` (B, T) then generate ``max_new_tokens`` ids (B, N)."""
-        sampling = check_sampling(sampling)
-        logits = self.feed(prompt)[:, -1]
-        out = []
-        for _ in range(max_new_tokens):
-            out.append(next_token(logits, sampling, generator)[:, None])
-            logits = self.feed(out[-1])[:, -1]
-        return torch.cat(out, dim=1)
+        return generate_by_feeding(self.feed, prompt, max_new_tokens, sampling, generator)
 
     def nll(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T - 1) negative log-likelihood of each next token of ``ids`` fed from the start."""

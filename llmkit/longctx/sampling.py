@@ -8,6 +8,8 @@ counts and are not offered.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from llmkit.generate.sampling import SamplingParams, gumbel_noise, process_logits, select
@@ -27,3 +29,22 @@ def next_token(logits: torch.Tensor, sampling: SamplingParams,
     logits = process_logits(logits.float(), sampling)
     noise = None if sampling.greedy else gumbel_noise(tuple(logits.shape), logits.device, generator)
     return select(logits, noise)
+
+
+def generate_by_feeding(feed: Callable[[torch.Tensor], torch.Tensor], prompt: torch.Tensor, max_new_tokens: int,
+                        sampling: SamplingParams | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Feed ``prompt`` (B, T) to a stateful decoder, then its chosen tokens one at a time.
+
+    Args:
+        feed: appends (B, T) ids to the decoder's state and returns their logits (B, T, V).
+    Returns:
+        (B, max_new_tokens) generated ids.
+    """
+    sampling = check_sampling(sampling)
+    logits = feed(prompt)[:, -1]
+    out = []
+    for _ in range(max_new_tokens):
+        out.append(next_token(logits, sampling, generator)[:, None])
+        logits = feed(out[-1])[:, -1]
+    return torch.cat(out, dim=1)

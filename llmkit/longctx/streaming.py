@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.generate.sampling import SamplingParams
-from llmkit.longctx.sampling import check_sampling, next_token
+from llmkit.longctx.sampling import generate_by_feeding
 from llmkit.model import CausalLM
 from llmkit.model.rope import apply_rope
 
@@ -137,14 +137,7 @@ class StreamingLLM:
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingParams | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Feed ``prompt`` (B, T), then generate ``max_new_tokens`` (B, N) ids, with no length limit."""
-        sampling = check_sampling(sampling)
-        logits = self.feed(prompt)[:, -1]
-        out = []
-        for _ in range(max_new_tokens):
-            token = next_token(logits, sampling, generator)[:, None]
-            out.append(token)
-            logits = self.feed(token)[:, -1]
-        return torch.cat(out, dim=1)
+        return generate_by_feeding(self.feed, prompt, max_new_tokens, sampling, generator)
 
 
 def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 4, chunk: int = 1) -> torch.Tensor:
