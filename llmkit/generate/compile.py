@@ -36,6 +36,10 @@ from llmkit.generate.rowwise import RowwiseLinear
 # inductor's wrapper checks the size, stride and alignment of every input on every call (a few
 # hundred parameters, ~0.3 ms of a SmolLM2 step); the first call's guards have checked them
 CPU_OPTIONS = {"size_asserts": False, "alignment_asserts": False}
+# graphs one step function may hold: each model, dtype, batch bucket (the engine's) and cache shape compiles
+# its own, all under the step's one code object; dynamo's default of 8 makes a long-lived process (a
+# server, a test run) fall back to eager decoding after the eighth
+RECOMPILE_LIMIT = 64
 # torch >= 2.7; checked once here rather than on every step
 CAN_SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
 
@@ -52,6 +56,8 @@ def compile_step(fn: Callable[..., Any], device: torch.device, enabled: bool = T
     """
     if not enabled:
         return fn
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
     cuda = device.type == "cuda"
     if cuda:
         compiled = torch.compile(fn, fullgraph=True, dynamic=False, mode="reduce-overhead")

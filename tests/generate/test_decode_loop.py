@@ -130,3 +130,14 @@ def test_cuda_graph_decode_equals_eager(tiny):
         for _ in range(2):  # the second run replays the recorded graphs
             graphed = generate_tokens(model, ids, max_new_tokens=12, sampling=sampling, seed=0, compile=True)
             assert graphed.token_ids == eager.token_ids
+
+
+def test_compiling_a_step_lifts_dynamo_recompile_limit():
+    # every model, dtype and batch bucket compiles the one decode-step function again; at dynamo's
+    # default limit (8) a long test run or server fell back to eager decoding after the eighth
+    import torch._dynamo.config as dynamo_config
+
+    from llmkit.generate.compile import RECOMPILE_LIMIT, compile_step
+
+    compile_step(lambda x: x, torch.device("cpu"))
+    assert dynamo_config.recompile_limit >= RECOMPILE_LIMIT > 8
