@@ -6,7 +6,7 @@ cached prompt prefix, or the continuations of one prompt after a fork), so each
 block counts its owners and returns to the free list when the count reaches 0.
 
 Prefix caching (vLLM's automatic prefix caching): once a *full* block's K/V
-have been computed, it is registered under a hash chained over every token
+are computed (or scheduled to be, in the step being planned), it is registered under a hash chained over every token
 from the start of the sequence (``hash((parent_hash, tokens))``), so equal
 hashes mean equal prefixes. A new sequence walks its prompt block by block and
 takes every registered block whose hash matches and whose tokens compare equal
@@ -165,15 +165,18 @@ class BlockManager:
             seq.block_table.append(self._new_block())
         return copy
 
-    def mark_computed(self, seq: Sequence) -> None:
-        """Register the sequence's full blocks that are now computed, so later prompts can reuse them.
+    def mark_computed(self, seq: Sequence, num_tokens: int) -> None:
+        """Register the sequence's full blocks among its first ``num_tokens`` tokens, so later prompts reuse them.
 
+        The scheduler calls this when it schedules a step, with the tokens the step will have computed:
+        a prompt admitted later in the same step may then take those blocks at once, because every
+        attention layer writes the whole step's K/V to the pool before any sequence reads it.
         ``seq.block_hashes`` remembers the chain so far, so each block is hashed once.
         """
         if not self.enable_prefix_caching:
             return
         hashes, bs = seq.block_hashes, self.block_size
-        for i in range(len(hashes), min(seq.num_computed_tokens, seq.num_tokens) // bs):
+        for i in range(len(hashes), min(num_tokens, seq.num_tokens) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
             h = chain_hash(hashes[-1] if hashes else None, tokens)
             block = self.blocks[seq.block_table[i]]

@@ -213,7 +213,6 @@ class LLMEngine:
         logits = self.runner.run(feeds)
         for seq, n in plan.scheduled:
             seq.num_computed_tokens += n
-            self.blocks.mark_computed(seq)  # before a finished sequence frees them: later prompts may reuse them
         progressed = self._postprocess([(seq, lg) for (seq, _), lg in zip(plan.scheduled, logits)], proposals)
         return [self._output(self.tracks.pop(rid) if self.tracks[rid].request.finished else self.tracks[rid])
                 for rid in progressed]

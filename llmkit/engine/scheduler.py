@@ -8,7 +8,10 @@ budget (chunked prefill: a long prompt is spread over several steps and mixed
 with the other sequences' decodes, so it does not stall them). Then waiting
 sequences are admitted in arrival order while blocks, budget and slots last;
 the first that does not fit stops admission (first come, first served: a
-large request is not overtaken forever by small ones).
+large request is not overtaken forever by small ones). The full blocks a step
+will compute are registered in the prefix cache as it is planned, so prompts
+admitted in the same step already share a common prefix that is still being
+computed (instead of computing it again).
 
 When a running sequence needs a new block and none is free, the most recently
 admitted running sequence is preempted by recompute (vLLM's default): its
@@ -112,6 +115,7 @@ class Scheduler:
             if copy := self.blocks.append_slots(seq, seq.num_computed_tokens + n + extra):
                 out.copies.append(copy)
             out.scheduled.append((seq, n))
+            self.blocks.mark_computed(seq, seq.num_computed_tokens + n)
             budget -= n + extra
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not out.preempted:
             seq = self.waiting[0]
@@ -123,7 +127,9 @@ class Scheduler:
                 seq.request.metrics.num_cached_tokens = seq.num_computed_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append((seq, min(seq.num_uncomputed, budget)))
-            budget -= out.scheduled[-1][1]
+            n = min(seq.num_uncomputed, budget)
+            out.scheduled.append((seq, n))
+            self.blocks.mark_computed(seq, seq.num_computed_tokens + n)  # the next admissions may share them
+            budget -= n
         out.scheduled.sort(key=lambda item: item[1] != 1)  # decodes first (stable: FCFS within each kind)
         return out

@@ -57,7 +57,7 @@ def test_random_operations_keep_the_books(operations, caching):
             seq = live[pick % len(live)]
             if op == "step":  # the model computed everything; one token is sampled
                 seq.num_computed_tokens = seq.num_tokens
-                bm.mark_computed(seq)
+                bm.mark_computed(seq, seq.num_computed_tokens)
                 seq.token_ids.append(tokens[0])
                 if bm.can_append(seq, seq.num_tokens):
                     copy = bm.append_slots(seq, seq.num_tokens)
@@ -85,7 +85,7 @@ def test_cached_prefix_is_reused_only_when_tokens_match():
     a = new_seq([1, 2, 3, 4, 5, 6, 7, 8, 9])
     bm.allocate(a)
     a.num_computed_tokens = a.num_tokens
-    bm.mark_computed(a)
+    bm.mark_computed(a, a.num_computed_tokens)
     b = new_seq([1, 2, 3, 4, 5, 6, 7, 8, 1, 2])
     bm.allocate(b)
     assert b.block_table[:2] == a.block_table[:2] and b.num_computed_tokens == 8
@@ -106,7 +106,7 @@ def test_freed_cached_blocks_are_reused_until_evicted_oldest_first():
     a = new_seq([1, 2, 3, 4, 5])
     bm.allocate(a)
     a.num_computed_tokens = 5
-    bm.mark_computed(a)
+    bm.mark_computed(a, a.num_computed_tokens)
     first = a.block_table[0]
     bm.free(a)
     b = new_seq([1, 2, 3, 4, 7])

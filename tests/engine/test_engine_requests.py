@@ -153,6 +153,28 @@ def test_llm_generate_keeps_prompt_order_and_accepts_every_prompt_form(tiny, tok
     assert not llm.engine.has_unfinished_requests()  # a refused batch queues nothing
 
 
+def test_prompts_arriving_together_share_a_prefix_computed_in_the_same_step(tiny, tokenizer):
+    engine = engine_for(tiny, tokenizer, max_num_batched_tokens=512)
+    system = [(7 * i) % 50 + 3 for i in range(70)]  # four full 16-token blocks, then a partial one
+    prompts = [system + [60 + i, 61 + i] for i in range(4)]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, SamplingParams(max_tokens=5, ignore_eos=True))
+    schedule, fed = engine.scheduler.schedule, []
+
+    def counting_schedule():  # the tokens each step feeds
+        plan = schedule()
+        fed.append(plan.num_tokens)
+        return plan
+
+    engine.scheduler.schedule = counting_schedule
+    done = drain(engine)
+    assert fed[0] == 72 + 3 * (72 - 64)  # the later prompts compute only what follows the shared blocks
+    for i, prompt in enumerate(prompts):
+        out = done[str(i)]
+        assert out.metrics.num_cached_tokens == (0 if i == 0 else 64)
+        assert out.outputs[0].token_ids == naive(tiny, prompt, 5, set())
+
+
 def test_penalties_and_truncation_per_row_match_generate(tiny, tokenizer):
     from llmkit.generate import generate_tokens
 

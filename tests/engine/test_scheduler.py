@@ -37,7 +37,6 @@ def simulate(requests, num_blocks, block_size=4, max_num_seqs=8, budget=32, look
             assert seq.num_computed_tokens + n <= seq.num_tokens
             assert len(seq.block_table) * block_size >= seq.num_computed_tokens + n
             seq.num_computed_tokens += n
-            bm.mark_computed(seq)
             if seq.num_computed_tokens == seq.num_tokens:
                 seq.token_ids.append(mock_next(seq.token_ids))
                 if seq.num_output_tokens >= seq.request.max_tokens:
