@@ -9,12 +9,19 @@
 // online softmax over the chunk's allowed slots only, so unwritten slots cost a mask
 // byte and nothing else, and the tasks spread over the threads even for 3 heads.
 // The chunks' partial results are merged by their running maxima and sums.
+//
+// A quantized cache (int8, or fp8 e4m3) holds codes plus one fp32 scale per (token, head) row:
+// rows are dequantized as they are widened to fp32 for a block of slots, so the cache is read
+// at its stored width and no dequantized copy of it is ever made.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -36,6 +43,39 @@ inline void to_float(const at::BFloat16* src, float* dst, int64_t n) {
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) dst[j] = __builtin_bit_cast(float, static_cast<uint32_t>(bits[j]) << 16);
+}
+
+using Fp8 = c10::Float8_e4m3fn;
+
+// cache element types with a scale per row; the others (fp32, bf16, fp16) are stored as they are
+template <typename C>
+constexpr bool kQuantized = std::is_same_v<C, int8_t> || std::is_same_v<C, Fp8>;
+
+// every e4m3 code's value: widening becomes a table lookup the compiler vectorises as a gather
+// (the codes our quantizer writes are finite; the two NaN codes never occur)
+const std::array<float, 256> kFp8Values = [] {
+  std::array<float, 256> table{};
+  for (int i = 0; i < 256; ++i) table[i] = static_cast<float>(Fp8(static_cast<uint8_t>(i), Fp8::from_bits()));
+  return table;
+}();
+
+// one cached row of n values as fp32: a plain widening, or codes times the row's scale
+template <typename C>
+inline void widen(const C* src, float, float* dst, int64_t n) {
+  to_float(src, dst, n);
+}
+
+template <>
+inline void widen(const int8_t* src, float scale, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]) * scale;
+}
+
+template <>
+inline void widen(const Fp8* src, float scale, float* dst, int64_t n) {
+  const uint8_t* bits = reinterpret_cast<const uint8_t*>(src);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = kFp8Values[bits[j]] * scale;
 }
 
 // scores[t] = q . rows[t] for the n rows of a block (row length d, D when known at compile time)
@@ -76,36 +116,47 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
 }
 
 // Where a (batch, head)'s slots live. Static cache: rows of a contiguous (S, D) buffer, allowed by
-// a mask row. Paged cache: slot s is row s % block_size of block table[s / block_size] in a pool of
-// (num_blocks, block_size, Hkv, D); every slot below the sequence's length is allowed.
-template <typename T>
+// a mask row, scales (if quantized) in an (S,) row. Paged cache: slot s is row s % block_size of
+// block table[s / block_size] in a pool of (num_blocks, block_size, Hkv, D), its scales in a
+// (num_blocks, block_size, Hkv) pool; every slot below the sequence's length is allowed.
+template <typename C>
 struct StaticSlots {
-  const T* k;
-  const T* v;
+  using Elem = C;
+  const C* k;
+  const C* v;
+  const float* ks;  // scales; null unless quantized
+  const float* vs;
   const bool* mask;
   int64_t d, dv;
   bool allowed(int64_t s) const { return mask[s]; }
-  const T* key(int64_t s) const { return k + s * d; }
-  const T* value(int64_t s) const { return v + s * dv; }
+  const C* key(int64_t s) const { return k + s * d; }
+  const C* value(int64_t s) const { return v + s * dv; }
+  float key_scale(int64_t s) const { return kQuantized<C> ? ks[s] : 1.f; }
+  float value_scale(int64_t s) const { return kQuantized<C> ? vs[s] : 1.f; }
 };
 
-template <typename T>
+template <typename C>
 struct PagedSlots {
-  const T* k;  // the pool at this head: k_pool + h * d
-  const T* v;
+  using Elem = C;
+  const C* k;  // the pool at this head: k_pool + h * d
+  const C* v;
+  const float* ks;  // the scale pool at this head (k_scale + h); null unless quantized
+  const float* vs;
   const int32_t* table;
-  int64_t block_size, row_stride_k, row_stride_v;  // a slot's stride: Hkv * d (and Hkv * dv)
+  int64_t block_size, heads, row_stride_k, row_stride_v;  // a slot's stride: Hkv * d (and Hkv * dv)
   bool allowed(int64_t) const { return true; }
   int64_t row(int64_t s) const { return static_cast<int64_t>(table[s / block_size]) * block_size + s % block_size; }
-  const T* key(int64_t s) const { return k + row(s) * row_stride_k; }
-  const T* value(int64_t s) const { return v + row(s) * row_stride_v; }
+  const C* key(int64_t s) const { return k + row(s) * row_stride_k; }
+  const C* value(int64_t s) const { return v + row(s) * row_stride_v; }
+  float key_scale(int64_t s) const { return kQuantized<C> ? ks[row(s) * heads] : 1.f; }
+  float value_scale(int64_t s) const { return kQuantized<C> ? vs[row(s) * heads] : 1.f; }
 };
 
 // One task: rows qf (nq, d) already scaled, slots [s0, s1) of one (batch, head).
 // Writes part = [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
-// Slots go in blocks: the block's allowed K rows are widened to fp32 once and scored against
-// every query row, then its V rows likewise, so each query's accumulator stays in registers.
-template <typename T, int64_t D, int64_t DV, typename Slots>
+// Slots go in blocks: the block's allowed K rows are widened (and dequantized) to fp32 once and
+// scored against every query row, then its V rows likewise, so each query's accumulator stays in registers.
+template <int64_t D, int64_t DV, typename Slots>
 void attend_chunk(const float* qf, const Slots& slots, int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_,
                   float* part) {
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
@@ -123,9 +174,10 @@ void attend_chunk(const float* qf, const Slots& slots, int64_t s0, int64_t s1, i
     for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
       if (slots.allowed(s)) idx[n++] = s;
     if (n == 0) continue;
-    for (int64_t t = 0; t < n; ++t) to_float(slots.key(idx[t]), rows.data() + t * d, d);
+    for (int64_t t = 0; t < n; ++t) widen(slots.key(idx[t]), slots.key_scale(idx[t]), rows.data() + t * d, d);
     for (int64_t i = 0; i < nq; ++i) dots<D>(qf + i * d, rows.data(), n, d, p.data() + i * kBlock);
-    for (int64_t t = 0; t < n; ++t) to_float(slots.value(idx[t]), rows.data() + t * dv, dv);
+    for (int64_t t = 0; t < n; ++t)
+      widen(slots.value(idx[t]), slots.value_scale(idx[t]), rows.data() + t * dv, dv);
     for (int64_t i = 0; i < nq; ++i) {
       float* pi = p.data() + i * kBlock;
       float mx = m[i];
@@ -180,16 +232,20 @@ void merge_chunks(const std::vector<float>& parts, int64_t BH, int64_t chunks, i
   }
 }
 
-template <typename T, typename Slots>
+template <typename Slots>
 auto chunk_kernel(int64_t d, int64_t dv) {
-  return d == 64 && dv == 64     ? attend_chunk<T, 64, 64, Slots>
-         : d == 128 && dv == 128 ? attend_chunk<T, 128, 128, Slots>
-                                 : attend_chunk<T, 0, 0, Slots>;
+  return d == 64 && dv == 64     ? attend_chunk<64, 64, Slots>
+         : d == 128 && dv == 128 ? attend_chunk<128, 128, Slots>
+                                 : attend_chunk<0, 0, Slots>;
 }
 
-template <typename T>
+// a scale tensor's data, or null for an unquantized cache
+inline const float* scales(const std::optional<at::Tensor>& s) { return s ? s->data_ptr<float>() : nullptr; }
+
+// queries and output in T, cache elements in C (T itself, int8 or fp8)
+template <typename T, typename C>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, double scale,
-         at::Tensor& out) {
+         const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3);
   const int64_t S = k.size(2), dv = v.size(3);
   const bool* mp = mask.data_ptr<bool>();
@@ -207,14 +263,17 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   const int64_t part_size = nq * (dv + 2);
   const std::vector<float> qf = scaled_queries<T>(q, scale);
   std::vector<float> parts(B * H * chunks * part_size);
-  const T* kp = k.data_ptr<T>();
-  const T* vp = v.data_ptr<T>();
-  auto* attend = chunk_kernel<T, StaticSlots<T>>(d, dv);
+  const C* kp = static_cast<const C*>(k.data_ptr());
+  const C* vp = static_cast<const C*>(v.data_ptr());
+  const float* ksp = scales(k_scale);
+  const float* vsp = scales(v_scale);
+  auto* attend = chunk_kernel<StaticSlots<C>>(d, dv);
   at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task % chunks, bh = task / chunks, b = bh / H;
       const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
-      const StaticSlots<T> slots{kp + bh * S * d, vp + bh * S * dv, mp + b * mask_stride, d, dv};
+      const StaticSlots<C> slots{kp + bh * S * d, vp + bh * S * dv, ksp ? ksp + bh * S : nullptr,
+                                 vsp ? vsp + bh * S : nullptr, mp + b * mask_stride, d, dv};
       attend(qf.data() + bh * nq * d, slots, s0, s1, nq, d, dv, parts.data() + task * part_size);
     }
   });
@@ -223,9 +282,10 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
 
 // q (B, Hkv, nq, D) against pools (num_blocks, block_size, Hkv, D): sequence b reads its first
 // context_lens[b] slots through block_tables[b]; chunks of kChunk slots are the parallel tasks.
-template <typename T>
+template <typename T, typename C>
 void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
-               const at::Tensor& block_tables, const at::Tensor& context_lens, double scale, at::Tensor& out) {
+               const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+               const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), nq = q.size(2), d = q.size(3), dv = v_pool.size(3);
   const int64_t block_size = k_pool.size(1), M = block_tables.size(1);
   const int32_t* lens = context_lens.data_ptr<int32_t>();
@@ -235,40 +295,74 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
   const int64_t part_size = nq * (dv + 2);
   const std::vector<float> qf = scaled_queries<T>(q, scale);
   std::vector<float> parts(B * H * chunks * part_size);
-  const T* kp = k_pool.data_ptr<T>();
-  const T* vp = v_pool.data_ptr<T>();
+  const C* kp = static_cast<const C*>(k_pool.data_ptr());
+  const C* vp = static_cast<const C*>(v_pool.data_ptr());
+  const float* ksp = scales(k_scale);
+  const float* vsp = scales(v_scale);
   const int32_t* tables = block_tables.data_ptr<int32_t>();
-  auto* attend = chunk_kernel<T, PagedSlots<T>>(d, dv);
+  auto* attend = chunk_kernel<PagedSlots<C>>(d, dv);
   at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task % chunks, bh = task / chunks, b = bh / H, h = bh % H;
       const int64_t s0 = c * kChunk, s1 = std::min<int64_t>(lens[b], s0 + kChunk);
-      const PagedSlots<T> slots{kp + h * d, vp + h * dv, tables + b * M, block_size, H * d, H * dv};
+      const PagedSlots<C> slots{kp + h * d, vp + h * dv, ksp ? ksp + h : nullptr, vsp ? vsp + h : nullptr,
+                                tables + b * M, block_size, H, H * d, H * dv};
       attend(qf.data() + bh * nq * d, slots, s0, std::max(s0, s1), nq, d, dv, parts.data() + task * part_size);
     }
   });
   merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
 }
 
+// The cache's element type: q's own (unquantized), or int8 / fp8 e4m3 with fp32 scales shaped like the
+// cache without its last dimension. Checks that k, v and their scales agree; true if quantized.
+bool check_cache(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale) {
+  TORCH_CHECK(k.scalar_type() == v.scalar_type(), op, ": k and v must share a dtype");
+  TORCH_CHECK(k_scale.has_value() == v_scale.has_value(), op, ": give both k_scale and v_scale or neither");
+  if (!k_scale) {
+    TORCH_CHECK(q.scalar_type() == k.scalar_type(), op, ": q and an unquantized cache must share a dtype");
+    return false;
+  }
+  TORCH_CHECK(k.scalar_type() == at::kChar || k.scalar_type() == at::kFloat8_e4m3fn, op,
+              ": a cache with scales must be int8 or float8_e4m3fn, got ", k.scalar_type());
+  for (const at::Tensor* s : {&*k_scale, &*v_scale}) {
+    TORCH_CHECK(s->scalar_type() == at::kFloat && s->is_contiguous() && s->sizes() == k.sizes().slice(0, 3), op,
+                ": scales must be contiguous float32 shaped like the cache without its last dimension");
+  }
+  return true;
+}
+
+// calls body(C{}) with C the cache's element type (int8_t, Fp8, or T for an unquantized cache)
+template <typename T, typename F>
+void dispatch_cache(const at::Tensor& k, bool quantized, F&& body) {
+  if (!quantized) return body(T{});
+  if (k.scalar_type() == at::kChar) return body(int8_t{});
+  body(Fp8{});
+}
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                            double scale) {
+                            double scale, const std::optional<at::Tensor>& k_scale,
+                            const std::optional<at::Tensor>& v_scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: q, k, v must be (B, H, T, D)");
   TORCH_CHECK(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3),
               "decode_attention: k must be (B, H, S, D) for q (B, H, T, D)");
   TORCH_CHECK(v.sizes().slice(0, 3) == k.sizes().slice(0, 3), "decode_attention: v must be (B, H, S, Dv)");
   TORCH_CHECK(mask.dim() == 2 && mask.size(1) == k.size(2) && (mask.size(0) == 1 || mask.size(0) == q.size(0)),
               "decode_attention: mask must be (B or 1, S)");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "decode_attention: q, k, v must share a dtype");
+  const bool quantized = check_cache("decode_attention", q, k, v, k_scale, v_scale);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   const at::Tensor kc = k.contiguous(), vc = v.contiguous(), mc = mask.to(at::kBool).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention",
-                                  [&] { run<scalar_t>(q, kc, vc, mc, scale, out); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
+    dispatch_cache<scalar_t>(k, quantized, [&](auto c) {
+      run<scalar_t, decltype(c)>(q, kc, vc, mc, scale, k_scale, v_scale, out);
+    });
+  });
   return out;
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
-                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale) {
+                                  const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
+                                  const std::optional<at::Tensor>& k_scale, const std::optional<at::Tensor>& v_scale) {
   TORCH_CHECK(q.dim() == 4 && k_pool.dim() == 4 && v_pool.dim() == 4,
               "paged_decode_attention: q must be (B, Hkv, T, D) and the pools (num_blocks, block_size, Hkv, D)");
   TORCH_CHECK(k_pool.size(2) == q.size(1) && k_pool.size(3) == q.size(3) &&
@@ -279,12 +373,14 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
                   block_tables.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt &&
                   context_lens.numel() == q.size(0),
               "paged_decode_attention: block_tables must be int32 (B, M) and context_lens int32 (B,)");
-  TORCH_CHECK(q.scalar_type() == k_pool.scalar_type() && k_pool.scalar_type() == v_pool.scalar_type(),
-              "paged_decode_attention: q and the pools must share a dtype");
+  const bool quantized = check_cache("paged_decode_attention", q, k_pool, v_pool, k_scale, v_scale);
   at::Tensor out = at::empty({q.size(0), q.size(1), q.size(2), v_pool.size(3)}, q.options());
   const at::Tensor tables = block_tables.contiguous(), lens = context_lens.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention",
-                                  [&] { run_paged<scalar_t>(q, k_pool, v_pool, tables, lens, scale, out); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_decode_attention", [&] {
+    dispatch_cache<scalar_t>(k_pool, quantized, [&](auto c) {
+      run_paged<scalar_t, decltype(c)>(q, k_pool, v_pool, tables, lens, scale, k_scale, v_scale, out);
+    });
+  });
   return out;
 }
 
@@ -292,9 +388,10 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
 
 // a fragment: other llmkit kernels register their own operators in the same namespace
 TORCH_LIBRARY_FRAGMENT(llmkit, m) {
-  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale, Tensor? k_scale=None, "
+        "Tensor? v_scale=None) -> Tensor");
   m.def("paged_decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor block_tables, Tensor context_lens, "
-        "float scale) -> Tensor");
+        "float scale, Tensor? k_scale=None, Tensor? v_scale=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmkit, CPU, m) {

@@ -22,6 +22,8 @@ cached by torch under ``~/.cache/torch_extensions``. When it cannot be built,
 a warning says why and the step keeps torch's attention. The same kernel reads a
 paged cache through block tables (:func:`paged_decode_attention`, for
 :mod:`llmkit.engine`): a slot's row is found in its block instead of at a fixed stride.
+Both read quantized caches too (int8 or fp8 codes with a scale per token and head,
+:mod:`llmkit.quant.kv`): a block's rows are dequantized as they are widened to fp32.
 :class:`DecodeAttention` swaps it in for ``F.scaled_dot_product_attention``
 calls that have the decode shape, the way :mod:`llmkit.generate.rowwise` swaps
 linears, so the model's code does not change.
@@ -63,46 +65,55 @@ def load() -> bool:
     return True
 
 
-def _shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+           k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
 def _paged_shape(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
-                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                 context_lens: torch.Tensor, scale: float, k_scale: torch.Tensor | None = None,
+                 v_scale: torch.Tensor | None = None) -> torch.Tensor:
     return q.new_empty(*q.shape[:-1], v_pool.shape[-1])
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+                     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale over the allowed slots) v, with one mask row per sequence.
 
     Args:
         q: (B, H, T, D) queries; T is small (decoding).
-        k: (B, H, S, D) keys, v: (B, H, S, Dv) values, all one dtype (fp32, bf16 or fp16).
+        k: (B, H, S, D) keys, v: (B, H, S, Dv) values: q's dtype (fp32, bf16 or fp16), or int8 /
+            float8_e4m3fn codes with scales.
         mask: bool (B or 1, S), True = may attend; every query row of a sequence shares it.
         scale: multiplier of the scores.
+        k_scale, v_scale: (B, H, S) float32, a quantized cache's scale per row (key = k * k_scale);
+            None for an unquantized cache.
     Returns:
         (B, H, T, Dv) in q's dtype; zeros for a sequence with no allowed slot.
     Requires :func:`load` to have returned True.
     """
-    return torch.ops.llmkit.decode_attention(q, k, v, mask, scale)
+    return torch.ops.llmkit.decode_attention(q, k, v, mask, scale, k_scale, v_scale)
 
 
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
-                           context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+                           context_lens: torch.Tensor, scale: float, k_scale: torch.Tensor | None = None,
+                           v_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The same attention over a paged cache (an inference engine's decode rows).
 
     Args:
         q: (B, Hkv, T, D) queries, grouped query heads folded into T.
-        k_pool: (num_blocks, block_size, Hkv, D) keys, v_pool (num_blocks, block_size, Hkv, Dv) values.
+        k_pool: (num_blocks, block_size, Hkv, D) keys, v_pool (num_blocks, block_size, Hkv, Dv) values, in
+            q's dtype or as int8 / float8_e4m3fn codes.
         block_tables: (B, M) int32, the blocks of each sequence in order.
         context_lens: (B,) int32, slots each sequence attends over (its first ones).
         scale: multiplier of the scores.
+        k_scale, v_scale: (num_blocks, block_size, Hkv) float32 scales of quantized pools; None otherwise.
     Returns:
         (B, Hkv, T, Dv) in q's dtype.
     Requires :func:`load` to have returned True.
     """
-    return torch.ops.llmkit.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale)
+    return torch.ops.llmkit.paged_decode_attention(q, k_pool, v_pool, block_tables, context_lens, scale,
+                                                   k_scale, v_scale)
 
 
 def _as_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
