@@ -31,6 +31,7 @@ Task = Literal["pretrain", "sft"]
 Schedule = Literal["cosine", "linear", "constant", "wsd"]
 DType = Literal["fp32", "bf16", "fp16"]
 Parallel = Literal["ddp", "fsdp"]
+SequenceParallel = Literal["none", "ring", "ulysses"]
 
 
 ModelOverrides = optional_fields(ModelConfig, "ModelOverrides",
@@ -95,6 +96,9 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=_help("torch.compile the model"))
     grad_checkpointing: bool = field(default=False, metadata=_help("recompute each block's activations in backward"))
     parallel: Parallel = field(default="ddp", metadata=_help("under torchrun: DDP (replicate) or FSDP2 (shard)"))
+    sequence_parallel: SequenceParallel = field(default="none", metadata=_help(
+        "under torchrun: split every sequence over the ranks (ring attention or Ulysses) instead of the batch, "
+        "for sequences too long for one rank's memory; every rank reads the same batches"))
     seed: int = field(default=1337, metadata=_help("seeds init, dropout and data order"))
 
     # --- output ---
@@ -126,6 +130,8 @@ class TrainConfig:
         need(bool(self.model), "model", f"give {ACCEPTED}")
         need(bool(self.data), "data", "give a shard directory, corpus name or file")
         need(self.qat in ("", "int8", "int4"), "qat", "must be int8, int4 or empty")
+        need(self.sequence_parallel == "none" or not self.compile, "sequence_parallel",
+             "cannot be combined with compile (the attention is swapped around every step)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

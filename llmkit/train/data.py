@@ -24,6 +24,10 @@ validation token. This module builds those from what ``data`` names:
   chat template into :class:`~llmkit.data.sft.SFTDataset`, targets only on
   assistant tokens, batched by :class:`ConversationBatches`.
 
+Under sequence parallelism (``cfg.sequence_parallel``) every rank reads the
+same batches (:func:`data_ranks`) and the trainer gives each rank its chunk of
+every sequence.
+
 Bytes per token come from ``num_bytes / num_tokens`` in the validation
 manifest (``write_shards`` records both); shards without ``num_bytes`` give no
 bits per byte, and prepared ones without it are rebuilt.
@@ -123,6 +127,11 @@ class ConversationBatches:
         self.epoch, self.step = state["epoch"], state["step"]
 
 
+def data_ranks(cfg, d: Dist) -> tuple[int, int]:
+    """(rank, world size) the batches are split over: the job's, or (0, 1) when ranks split sequences instead."""
+    return (0, 1) if cfg.sequence_parallel != "none" else (d.rank, d.world_size)
+
+
 # ----- tokenizers -----
 def load_tokenizer(path: str | Path):
     from llmkit.tokenizer import Tokenizer
@@ -207,14 +216,15 @@ def pretrain_data(cfg, vocab_size: int, d: Dist) -> Data:
         if shard_dir is not None and read_manifest(shard_dir)["vocab_size"] > vocab_size:
             raise ValueError(f"{shard_dir} was tokenised for {read_manifest(shard_dir)['vocab_size']} ids but the "
                              f"model's vocab_size is {vocab_size}: set model_overrides.vocab_size")
-    train = PackedLoader(train_dir, cfg.seq_len, cfg.batch_size, cfg.seed, d.rank, d.world_size)
+    rank, world = data_ranks(cfg, d)
+    train = PackedLoader(train_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world)
     if val_dir is None:
         return Data(train, tokenizer=tokenizer)
     windows = (read_manifest(val_dir)["num_tokens"] - 1) // cfg.seq_len  # unshuffled: cut from token 0
-    available = windows // (cfg.batch_size * d.world_size)  # each window once, no wrap-around
+    available = windows // (cfg.batch_size * world)  # each window once, no wrap-around
 
     def val() -> Iterable[Batch]:
-        return islice(PackedLoader(val_dir, cfg.seq_len, cfg.batch_size, cfg.seed, d.rank, d.world_size,
+        return islice(PackedLoader(val_dir, cfg.seq_len, cfg.batch_size, cfg.seed, rank, world,
                                    shuffle=False), available)
 
     return Data(train, val, _bytes_per_token(val_dir), tokenizer)
@@ -235,13 +245,14 @@ def sft_data(cfg, vocab_size: int, d: Dist) -> Data:
     def dataset(path: str) -> SFTDataset:
         return SFTDataset(read_conversations(path), tokenizer, cfg.seq_len)
 
-    train = ConversationBatches(dataset(cfg.data), cfg.batch_size, cfg.seed, d.rank, d.world_size, pad)
+    rank, world = data_ranks(cfg, d)
+    train = ConversationBatches(dataset(cfg.data), cfg.batch_size, cfg.seed, rank, world, pad)
     if not cfg.val_data:
         return Data(train, tokenizer=tokenizer)
     val_items = dataset(cfg.val_data)
 
     def val() -> Iterable[Batch]:
-        loader = ConversationBatches(val_items, cfg.batch_size, cfg.seed, d.rank, d.world_size, pad, shuffle=False)
+        loader = ConversationBatches(val_items, cfg.batch_size, cfg.seed, rank, world, pad, shuffle=False)
         return islice(loader, loader.steps_per_epoch)
 
     return Data(train, val, tokenizer=tokenizer)

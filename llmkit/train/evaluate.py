@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ IGNORE_INDEX = -100
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int, d: Dist,
              autocast: contextlib.AbstractContextManager | None = None,
-             bytes_per_token: float | None = None) -> dict[str, float]:
+             bytes_per_token: float | None = None,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Validation metrics over at most ``max_batches`` batches on each rank.
 
     Args:
@@ -44,6 +45,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         d: the process group description (sums are taken over ranks).
         autocast: forward context (mixed precision); None = none.
         bytes_per_token: mean UTF-8 bytes per validation token, for ``val_bpb``.
+        forward: logits (B, T, vocab) of inputs ``x`` (B, T); default ``model(x)`` (a sequence-parallel
+            trainer passes one that adds the chunk's positions).
 
     Returns:
         ``val_loss``, ``val_ppl``, ``val_tokens`` and, with ``bytes_per_token``, ``val_bpb``.
@@ -56,7 +59,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             break
         x, y = x.to(d.device), y.to(d.device)
         with autocast or contextlib.nullcontext():
-            logits = model(x)
+            logits = (forward or model)(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
         totals += torch.stack([nats.double(), (y != IGNORE_INDEX).sum().double()])
     model.train(was_training)

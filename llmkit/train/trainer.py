@@ -21,6 +21,19 @@ everything the same way, loads weights, optimizer moments, the loader
 position and loss-scaler state, and restores each rank's RNG state last, so
 on CPU in fp32 it reaches bit-identical weights to a run never stopped.
 
+Sequence parallelism. With ``sequence_parallel="ring" | "ulysses"`` under
+torchrun the ranks split every sequence instead of the batch: each reads the
+same batches, keeps its contiguous chunk of every sequence (right-padded to a
+multiple of the world size with ``-100`` targets, which causal attention
+never looks back at), runs the model with its chunk's global position ids
+while every layer's attention spans all chunks (:mod:`llmkit.parallel`, over
+a process group of its own so its traffic never interleaves with DDP's), and
+counts only its chunk's targets. The normalisation above then makes the
+DDP/FSDP-averaged gradient the single-process gradient of the whole batch.
+Weights stay replicated (DDP) or sharded (FSDP); activation memory per rank
+falls with the world size. The MoE load-balancing loss is computed per chunk,
+so for MoE models it is not the single-process one.
+
 Time limits. ``fit(time_limit=seconds)`` sizes a WSD run to the clock: until
 the decay begins, the rates do not depend on ``max_steps``, so it is
 re-estimated after every step from the measured step time, and the run ends
@@ -34,6 +47,7 @@ checkpoint, because checkpoints are written atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -47,12 +61,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from llmkit.io.atomic import atomic_dir
 from llmkit.io.errors import CheckpointError
 from llmkit.model import CausalLM
+from llmkit.parallel import check_sequence_parallel, chunk_positions, sequence_parallel, shard_batch
 from llmkit.peft.base import adapters
 from llmkit.peft.format import save_adapter
 from llmkit.train import activation_checkpoint, distributed
@@ -153,6 +169,10 @@ class Trainer:
             from llmkit.quant import prepare_qat
 
             prepare_qat(self.model, cfg.qat)  # same parameters and names: checkpoints and the optimizer are unchanged
+        self.sp_group = None  # the group every sequence is split over; None = the ranks split the batch
+        if cfg.sequence_parallel != "none" and d.enabled:
+            check_sequence_parallel(self.model.cfg, cfg.sequence_parallel, d.world_size)
+            self.sp_group = dist.new_group()
         self.model.to(d.device).train()
         if cfg.grad_checkpointing:
             activation_checkpoint.enable(self.model)
@@ -278,16 +298,16 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = [next(self.data.train) for _ in range(cfg.grad_accum)]
+        micro = [self._local(*next(self.data.train)) for _ in range(cfg.grad_accum)]
         count = torch.tensor([float(sum(int((y != IGNORE_INDEX).sum()) for _, y in micro))], device=d.device)
         targets = max(distributed.all_reduce_sum(count, d).item(), 1.0)
         nats_total = torch.zeros((), device=d.device)
         aux_coef = self.model.cfg.router_aux_loss_coef if self.model.cfg.n_experts else 0.0
         for i, (x, y) in enumerate(micro):
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-            with distributed.grad_sync(self.module, sync=i == len(micro) - 1):
+            with distributed.grad_sync(self.module, sync=i == len(micro) - 1), self._sequence_parallel():
                 with autocast(d.device, cfg.dtype):
-                    logits, aux = self.module(x, return_aux_loss=True)
+                    logits, aux = self.module(x, position_ids=self._positions(x), return_aux_loss=True)
                 nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum")
                 loss = nats * (d.world_size / targets)
@@ -302,6 +322,20 @@ class Trainer:
         self.tokens += step_tokens
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                 "tok_per_s": step_tokens / (time.perf_counter() - start), "tokens": self.tokens}
+
+    def _local(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of a batch's (x, y): all of it, or its chunk of every sequence."""
+        return (x, y) if self.sp_group is None else shard_batch(x, y, self.sp_group, IGNORE_INDEX)
+
+    def _positions(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Position ids of this rank's inputs ``x`` (B, T): None (from 0), or its chunk's global positions."""
+        return None if self.sp_group is None else chunk_positions(x, self.sp_group)
+
+    def _sequence_parallel(self) -> contextlib.AbstractContextManager:
+        """Context in which the model's attention spans every rank's chunk (nothing without sequence parallelism)."""
+        if self.sp_group is None:
+            return contextlib.nullcontext()
+        return sequence_parallel(self.model, self.cfg.sequence_parallel, self.sp_group)
 
     def _apply_gradients(self) -> torch.Tensor:
         """Unscale, clip, step the optimizer and zero the gradients; the gradient norm before clipping."""
@@ -318,8 +352,10 @@ class Trainer:
         """Validation metrics now (empty without validation data)."""
         if self.data.val is None:
             return {}
-        return evaluate(self.model, self.data.val(), self.cfg.eval_batches, self.d,
-                        autocast(self.d.device, self.cfg.dtype), self.data.bytes_per_token)
+        with self._sequence_parallel():
+            return evaluate(self.model, (self._local(x, y) for x, y in self.data.val()), self.cfg.eval_batches,
+                            self.d, autocast(self.d.device, self.cfg.dtype), self.data.bytes_per_token,
+                            lambda x: self.model(x, position_ids=self._positions(x)))
 
     # ----- the loop -----
     def fit(self, time_limit: float | None = None, min_steps: int = 0) -> FitResult:

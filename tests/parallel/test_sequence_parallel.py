@@ -1,56 +1,35 @@
 """Ring attention and Ulysses over gloo: output and gradients equal single-process attention; memory per rank falls;
-a whole model run sequence-parallel has the single-process loss gradients.
+a whole model run sequence-parallel has the single-process loss gradients, and so does a `Trainer` step.
 
 Each world size is one ``torch.multiprocessing.spawn`` of CPU processes on
 127.0.0.1; every rank checks its own chunk against full attention computed
 locally from the same seed, and reports the peak bytes of tensors alive
-during its sequence-parallel forward + backward.
+during its sequence-parallel forward + backward. Then each runs one step of a
+``Trainer(sequence_parallel=...)`` on batches every rank reads alike (B=2,
+T=14, so 4 ranks pad to 16; a quarter of the targets -100; two
+micro-batches): its loss, the gradients the optimizer sees (after DDP's
+reduction) and its validation metrics must equal a one-process Trainer's.
 """
 from __future__ import annotations
 
 import json
+import os
 import socket
-import weakref
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import torch.nn.functional as F
 
 from llmkit import CausalLM, ModelConfig
 from llmkit.model.attention import attend
-from llmkit.parallel import ring_attention, sequence_parallel, shard_sequence, ulysses_attention
+from llmkit.parallel import PeakMemory, ring_attention, sequence_parallel, shard_sequence, ulysses_attention
+from llmkit.train import Trainer, TrainConfig
+from llmkit.train.data import Data
 
 B, H, HKV, T, D = 1, 4, 2, 32, 8
-
-
-class PeakMemory(TorchDispatchMode):
-    """Peak bytes of tensor storages created inside the mode and still alive (CPU-friendly, exact)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen: set[int] = set()
-
-    def _free(self, key: int, n: int) -> None:
-        self.live -= n
-        self.seen.discard(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key not in self.seen:
-                    self.seen.add(key)
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._free, key, storage.nbytes())
-        self.peak = max(self.peak, self.live)
-        return out
 
 
 def _inputs():
@@ -59,7 +38,48 @@ def _inputs():
     return q, k, v, w
 
 
-def _worker(rank: int, world: int, port: int, out_path: str) -> None:
+SMALL = ModelConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, max_seq_len=16,
+                    init_std=0.2)
+
+
+class FixedBatches:
+    """The same seeded ``(x, y)`` batches on every rank, a pure function of the step."""
+
+    def __init__(self, seed: int = 0):
+        self.seed, self.step = seed, 0
+
+    def __next__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.step)
+        self.step += 1
+        x, y = torch.randint(0, 61, (2, 2, 14), generator=g)
+        y[torch.rand(y.shape, generator=g) < 0.25] = -100
+        return x, y
+
+    def state_dict(self):
+        return {"step": self.step}
+
+
+def _one_step(out_dir: str, method: str) -> dict:
+    """Loss, gradients and validation metrics of one step of a Trainer on :class:`FixedBatches`."""
+    cfg = TrainConfig(out_dir=out_dir, sequence_parallel=method, batch_size=2, grad_accum=2, device="cpu",
+                      plot=False, max_steps=1, warmup_steps=0)
+    torch.manual_seed(0)
+    val = lambda: [next(FixedBatches(seed=7)) for _ in range(2)]  # noqa: E731
+    trainer = Trainer(cfg, model=CausalLM(SMALL), data=Data(FixedBatches(), val))
+    grads = {}
+
+    def capture() -> torch.Tensor:
+        grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+        return apply()
+
+    apply, trainer._apply_gradients = trainer._apply_gradients, capture
+    record = trainer.train_step()
+    result = {"loss": record["loss"], "grads": grads, "eval": trainer.evaluate()}
+    trainer.module = trainer.model
+    return result
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -81,8 +101,11 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
                 for mine, whole in zip(local, full):
                     torch.testing.assert_close(mine.grad, whole.grad[:, :, chunk], atol=1e-5, rtol=1e-5)
         _check_model(rank, world)
-        if rank == 0:
-            with open(out_path, "w") as f:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))  # the Trainer joins the group already set up
+        steps = {method: _one_step(f"{out_dir}/{method}", method) for method in ("ring", "ulysses")}
+        if rank == world - 1:  # the rank holding the padded end
+            torch.save(steps, f"{out_dir}/steps.pt")
+            with open(f"{out_dir}/peaks.json", "w") as f:
                 json.dump(peaks, f)
     finally:
         dist.destroy_process_group()
@@ -124,12 +147,21 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_equal_to_full_attention_and_memory_falls_with_world_size(tmp_path):
+def test_equal_to_one_process_and_memory_falls_with_world_size(tmp_path):
+    ref = _one_step(str(tmp_path / "one"), "none")
     peaks = {}
     for world in (2, 4):
-        path = tmp_path / f"peak{world}.json"
-        mp.spawn(_worker, args=(world, _free_port(), str(path)), nprocs=world, join=True)
-        peaks[world] = json.loads(path.read_text())
+        out = tmp_path / str(world)
+        mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+        peaks[world] = json.loads((out / "peaks.json").read_text())
+        for method, got in torch.load(out / "steps.pt", weights_only=True).items():
+            where = f"{method} on {world} ranks"
+            assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5), where
+            assert got["eval"]["val_tokens"] == ref["eval"]["val_tokens"], where
+            assert got["eval"]["val_loss"] == pytest.approx(ref["eval"]["val_loss"], rel=1e-5), where
+            assert got["grads"].keys() == ref["grads"].keys()
+            for name, g in ref["grads"].items():
+                torch.testing.assert_close(got["grads"][name], g, atol=1e-5, rtol=1e-4, msg=f"{where}: {name}")
     q, k, v, w = _inputs()
     with PeakMemory() as mem:
         full = [x.clone().requires_grad_() for x in (q, k, v)]
