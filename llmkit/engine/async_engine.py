@@ -26,7 +26,7 @@ class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._streams: dict[str, asyncio.Queue] = {}
-        self._pending: list[tuple[str, Any, SamplingParams, LogitsProcessor | None]] = []
+        self._pending: list[tuple[str, Any, SamplingParams, LogitsProcessor | None, str | None]] = []
         self._aborts: list[str] = []
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -44,11 +44,11 @@ class AsyncLLMEngine:
                 if final is not None and request_id in self._streams:
                     self._streams.pop(request_id).put_nowait(final)
             self._aborts.clear()
-            for request_id, prompt, params, processor in self._pending:
+            for request_id, prompt, params, processor, lora_name in self._pending:
                 if request_id not in self._streams:  # its consumer left before it was queued
                     continue
                 try:
-                    engine.add_request(request_id, prompt, params, logits_processor=processor)
+                    engine.add_request(request_id, prompt, params, logits_processor=processor, lora_name=lora_name)
                 except ValueError as e:
                     self._streams.pop(request_id).put_nowait(e)
             self._pending.clear()
@@ -70,27 +70,28 @@ class AsyncLLMEngine:
                     if out.finished:
                         del self._streams[out.request_id]
 
-    def check(self, prompt: Any, params: SamplingParams | None = None) -> None:
+    def check(self, prompt: Any, params: SamplingParams | None = None, lora_name: str | None = None) -> None:
         """Raise ValueError for a request the engine would refuse (see ``LLMEngine.check_request``)."""
-        self.engine.check_request(prompt, params)
+        self.engine.check_request(prompt, params, lora_name)
 
     async def generate(self, prompt: Any, params: SamplingParams | None, request_id: str,
-                       logits_processor: LogitsProcessor | None = None) -> AsyncIterator[RequestOutput]:
+                       logits_processor: LogitsProcessor | None = None,
+                       lora_name: str | None = None) -> AsyncIterator[RequestOutput]:
         """Stream a request: each item holds, per continuation, the text and tokens new since the last.
 
-        ``logits_processor``: see :meth:`LLMEngine.add_request`.
+        ``logits_processor``, ``lora_name``: see :meth:`LLMEngine.add_request`.
 
         Raises:
             ValueError: a bad request (before anything is yielded).
         """
         params = params or SamplingParams()
-        self.engine.check_request(prompt, params)
+        self.engine.check_request(prompt, params, lora_name)
         if request_id in self._streams or request_id in self.engine.tracks:
             raise ValueError(f"request id {request_id!r} is already in use")
         self._ensure_loop()
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
-        self._pending.append((request_id, prompt, params, logits_processor))
+        self._pending.append((request_id, prompt, params, logits_processor, lora_name))
         self._wake.set()
         sent: dict[int, tuple[int, int, int]] = {}  # per continuation: chars, tokens, logprobs already yielded
         finished = False

@@ -8,8 +8,9 @@ block counts its owners and returns to the free list when the count reaches 0.
 Prefix caching (vLLM's automatic prefix caching): once a *full* block's K/V
 are computed (or scheduled to be, in the step being planned), it is registered under a hash chained over every token
 from the start of the sequence (``hash((parent_hash, tokens))``), so equal
-hashes mean equal prefixes. A new sequence walks its prompt block by block and
-takes every registered block whose hash matches and whose tokens compare equal
+hashes mean equal prefixes (a request under a LoRA adapter starts its chain
+from the adapter's identity, so adapters never share blocks). A new sequence
+walks its prompt block by block and takes every registered block whose hash matches and whose tokens compare equal
 (the check guards against hash collisions). Freed blocks keep their
 registration and sit in an LRU free list: they are reused as cache hits until
 the allocator needs them for new data, oldest-freed first. The block holding
@@ -42,6 +43,12 @@ class Block:
 def chain_hash(parent: int | None, tokens: Seq[int]) -> int:
     """The hash of a full block given its predecessor's hash: equal hashes <=> (almost surely) equal prefixes."""
     return hash((parent, tuple(tokens)))
+
+
+def chain_root(seq: Sequence) -> int | None:
+    """The hash a sequence's chain starts from: its LoRA adapter's identity (None for the base model), so a
+    block computed under one adapter is never reused under another or the base (its K/V differ)."""
+    return None if seq.lora_name is None else hash(("lora", seq.lora_name))
 
 
 class BlockManager:
@@ -83,7 +90,7 @@ class BlockManager:
         token), and their hashes."""
         if not self.enable_prefix_caching:
             return [], []
-        hits, hashes, parent = [], [], None
+        hits, hashes, parent = [], [], chain_root(seq)
         for i in range((seq.num_tokens - 1) // self.block_size):
             tokens = seq.token_ids[i * self.block_size:(i + 1) * self.block_size]
             parent = chain_hash(parent, tokens)
@@ -178,7 +185,7 @@ class BlockManager:
         hashes, bs = seq.block_hashes, self.block_size
         for i in range(len(hashes), min(num_tokens, seq.num_tokens) // bs):
             tokens = tuple(seq.token_ids[i * bs:(i + 1) * bs])
-            h = chain_hash(hashes[-1] if hashes else None, tokens)
+            h = chain_hash(hashes[-1] if hashes else chain_root(seq), tokens)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
                 block.hash, block.token_ids = h, tokens

@@ -42,14 +42,15 @@ class LLM:
         compile: compile decode-only steps (``torch.compile``, one compile per batch bucket, tens of
             seconds each on CPU); None = compile on CUDA (CUDA graphs), eager elsewhere.
         **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
-            kv_cache_memory, enable_prefix_caching, speculative).
+            kv_cache_memory, enable_prefix_caching, speculative, lora_adapters).
     """
 
     def __init__(self, model: str | os.PathLike | CausalLM, *, tokenizer: Tokenizer | None = None,
                  dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, block_size: int = 16,
                  kv_cache_memory: int | str | None = None, enable_prefix_caching: bool = True,
-                 speculative: SpeculativeConfig | None = None, compile: bool | None = None):
+                 speculative: SpeculativeConfig | None = None, compile: bool | None = None,
+                 lora_adapters: Mapping[str, str | os.PathLike] | None = None):
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -70,7 +71,8 @@ class LLM:
                                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
                                 kv_cache_memory=kv_cache_memory, enable_prefix_caching=enable_prefix_caching,
                                 speculative=speculative,
-                                compile=model.device.type == "cuda" if compile is None else compile)
+                                compile=model.device.type == "cuda" if compile is None else compile,
+                                lora_adapters=lora_adapters)
         self._next_id = 0
 
     @property
@@ -78,7 +80,7 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: Any, sampling_params: SamplingParams | Seq[SamplingParams] | None = None, *,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True, lora_name: str | Seq[str | None] | None = None) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in prompt order.
 
         Args:
@@ -86,6 +88,8 @@ class LLM:
                 ``{"role", "content"}`` messages, rendered with the chat template).
             sampling_params: one :class:`SamplingParams` for all, or one per prompt; None = greedy.
             use_tqdm: show a progress bar over finished requests.
+            lora_name: the LoRA adapter (a name given in ``lora_adapters``) for all prompts, or one per
+                prompt; None = the base model.
         Raises:
             ValueError: a bad prompt or parameter (nothing is queued then).
         """
@@ -96,14 +100,17 @@ class LLM:
             params = list(sampling_params)
             if len(params) != len(prompts):
                 raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
+        loras = [lora_name] * len(prompts) if lora_name is None or isinstance(lora_name, str) else list(lora_name)
+        if len(loras) != len(prompts):
+            raise ValueError(f"got {len(loras)} lora_name for {len(prompts)} prompts")
         engine = self.engine
-        for prompt, p in zip(prompts, params):  # refuse the batch before queueing any of it
-            engine.check_request(prompt, p)
+        for prompt, p, lora in zip(prompts, params, loras):  # refuse the batch before queueing any of it
+            engine.check_request(prompt, p, lora)
         ids = []
-        for prompt, p in zip(prompts, params):
+        for prompt, p, lora in zip(prompts, params, loras):
             ids.append(str(self._next_id))
             self._next_id += 1
-            engine.add_request(ids[-1], prompt, p)
+            engine.add_request(ids[-1], prompt, p, lora_name=lora)
         done: dict[str, RequestOutput] = {}
         with tqdm(total=len(ids), desc="generate", unit="req", disable=not use_tqdm) as bar:
             while engine.has_unfinished_requests():

@@ -16,9 +16,18 @@ batches whatever is running, prompt chunks and decodes together. The parts:
 
 A request with ``n > 1`` prefills once: the first token is drawn ``n`` times
 from the same logits and the extra continuations fork the prompt's blocks.
+
+Multi-LoRA (:meth:`LLMEngine.add_lora`): LoRA adapters are loaded into slots of
+one base model (:mod:`llmkit.peft.multi_lora`); a request names its adapter
+(``lora_name``), and requests under different adapters and the base share
+every step. Prefix-cache chains start from the adapter's identity, so blocks
+are shared only under the same adapter. Speculative decoding works unchanged:
+proposals (n-gram, or a draft model running without adapters) are verified
+by the target under the request's adapter, so outputs stay exact.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence as Seq
 from dataclasses import dataclass
@@ -39,6 +48,7 @@ from llmkit.generate.sampling import SamplingParams
 from llmkit.generate.stop import StopStrings
 from llmkit.generate.text import RowText
 from llmkit.model import CausalLM
+from llmkit.peft.multi_lora import LoRAManager
 from llmkit.tokenizer import Tokenizer
 
 
@@ -70,12 +80,13 @@ class LLMEngine:
         enable_prefix_caching: reuse the computed blocks of common prompt prefixes.
         speculative: speculative decoding (:class:`SpeculativeConfig`); None = off.
         compile: run decode-only steps through ``torch.compile`` (one compile per batch bucket).
+        lora_adapters: {name: directory} of peft-format LoRA adapters to serve (see :meth:`add_lora`).
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, block_size: int = 16, kv_cache_memory: int | str | None = None,
                  enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
-                 compile: bool = False):
+                 compile: bool = False, lora_adapters: Mapping[str, str | os.PathLike] | None = None):
         cfg = getattr(model, "cfg", None)
         if not isinstance(model, CausalLM):
             raise TypeError(f"the engine runs a CausalLM, got {type(model).__name__} "
@@ -102,6 +113,19 @@ class LLMEngine:
         eos = tokenizer.eos_id
         self.eos_ids = frozenset() if eos is None else frozenset({eos})
         self.num_preemptions = 0
+        self.loras = LoRAManager(model, self.runner.lora_mapping)
+        for name, directory in (lora_adapters or {}).items():
+            self.add_lora(name, directory)
+
+    def add_lora(self, name: str, directory: str | os.PathLike) -> None:
+        """Serve the peft-format LoRA adapter in ``directory`` as ``name`` (requests pick it by ``lora_name``).
+
+        Raises:
+            ValueError: naming the adapter, for a name in use, unreadable files, an unsupported adapter,
+                or weights that do not fit this model.
+        """
+        self.loras.add(name, directory)
+        self.runner.steps.clear()  # compiled steps traced the model before its layers were wrapped
 
     # ----- requests -----
     def encode(self, prompt: Any) -> list[int]:
@@ -117,15 +141,18 @@ class LLMEngine:
         rows, _ = encode_prompts(self.tokenizer, prompt)
         return rows[0]
 
-    def check_request(self, prompt: Any, params: SamplingParams | None = None) -> tuple[list[int], SamplingParams, int]:
+    def check_request(self, prompt: Any, params: SamplingParams | None = None,
+                      lora_name: str | None = None) -> tuple[list[int], SamplingParams, int]:
         """Validate a request without touching the engine's state.
 
         Returns:
             (prompt token ids, validated params, max tokens clipped to the context).
         Raises:
             ValueError: bad parameters, an unreadable or empty prompt, a prompt as long as the
-                context, or a sequence the KV pool cannot hold.
+                context, a sequence the KV pool cannot hold, or an unknown LoRA adapter.
         """
+        if lora_name is not None and lora_name not in self.loras.slots:
+            raise ValueError(f"unknown LoRA adapter {lora_name!r} (loaded: {sorted(self.loras.slots) or 'none'})")
         params = (params or SamplingParams()).validate()
         ids = self.encode(prompt)
         if len(ids) >= self.max_seq_len:
@@ -140,16 +167,18 @@ class LLMEngine:
         return ids, params, max_tokens
 
     def add_request(self, request_id: str, prompt: Any, params: SamplingParams | None = None,
-                    arrival_time: float | None = None, logits_processor: LogitsProcessor | None = None) -> None:
+                    arrival_time: float | None = None, logits_processor: LogitsProcessor | None = None,
+                    lora_name: str | None = None) -> None:
         """Queue a request (see :meth:`check_request` for what is refused, with a ValueError).
 
         ``logits_processor`` (optional) edits each of its continuations' processed logits before a token is
-        chosen (constrained decoding); such a request is not decoded speculatively.
+        chosen (constrained decoding); such a request is not decoded speculatively. ``lora_name`` runs it
+        under that adapter (see :meth:`add_lora`); None = the base model.
         """
         if request_id in self.tracks:
             raise ValueError(f"request id {request_id!r} is already in use")
-        ids, params, max_tokens = self.check_request(prompt, params)
-        request = Request(request_id, prompt, ids, params, max_tokens, arrival_time or time.time())
+        ids, params, max_tokens = self.check_request(prompt, params, lora_name)
+        request = Request(request_id, prompt, ids, params, max_tokens, arrival_time or time.time(), lora_name)
         stops = StopStrings(params.stop)
         texts = [RowText(self.tokenizer, stops) for _ in range(params.n)]
         generator = None
@@ -204,12 +233,13 @@ class LLMEngine:
             known = seq.token_ids[start:start + n]
             wanted = 1 if start + n == seq.num_tokens else 0
             prop = proposals.get(seq.seq_id)
+            lora = self.loras.slot(seq.lora_name)
             if prop is None:
-                feeds.append(Feed(seq.block_table, start, known, wanted))
+                feeds.append(Feed(seq.block_table, start, known, wanted, lora=lora))
             else:  # the last token, then the proposal's tokens, all scored
                 positions = None if prop.positions is None else [start] + prop.positions
                 feeds.append(Feed(seq.block_table, start, known + prop.tokens, 1 + len(prop.tokens), positions,
-                                  prop.mask))
+                                  prop.mask, lora))
         logits = self.runner.run(feeds)
         for seq, n in plan.scheduled:
             seq.num_computed_tokens += n

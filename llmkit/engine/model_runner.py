@@ -16,6 +16,11 @@ CUDA graphs on CUDA). Its shapes must be static, so the batch is padded to the
 next of ``BATCH_BUCKETS`` and block tables are always as wide as the model's
 context; padded rows write their K/V to one spare block that no sequence owns.
 Each bucket compiles once, on first use.
+
+Multi-LoRA: a feed names its adapter slot; the runner hands the step's
+per-token slots to the model's :class:`~llmkit.peft.multi_lora.MultiLoRALinear`
+layers through ``lora_mapping`` for the duration of the forward (steps with
+an adapter run eager).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from llmkit.generate.compile import compile_step
 from llmkit.model import CausalLM
 from llmkit.model.metadata import PagedMetadata
 from llmkit.model.paged import PagedKVCache, PagedLatentCache
+from llmkit.peft.multi_lora import LoRAMapping
 
 
 
@@ -45,6 +51,7 @@ class Feed(NamedTuple):
     wanted: int
     positions: list[int] | None = None
     mask: torch.Tensor | None = None
+    lora: int = -1  # the LoRA adapter slot of these tokens (llmkit.peft.multi_lora); -1 = the base model
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -94,6 +101,7 @@ class ModelRunner:
         self.kernel = (decode_attention.paged_decode_attention
                        if self.device.type == "cpu" and decode_attention.load() else None)
         self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> compiled decode step
+        self.lora_mapping = LoRAMapping()  # each step's per-token adapter slots, read by MultiLoRALinear layers
 
     def copy_blocks(self, copies: Seq[tuple[int, int]]) -> None:
         """Copy-on-write: block ``src``'s slots to block ``dst`` in every layer's pools."""
@@ -111,13 +119,14 @@ class ModelRunner:
         Returns:
             Per feed, (logits wanted, V) float32 logits, in the order of ``feeds``.
         """
-        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f.tokens) == f.wanted == 1 for f in feeds):
+        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f.tokens) == f.wanted == 1 and f.lora < 0
+                                                                    for f in feeds):
             return self._run_compiled(feeds)
         order = sorted(range(len(feeds)), key=lambda i: len(feeds[i].tokens) != 1)  # decodes first
         bs = self.block_size
-        ids, positions, slots, tables, lens, qlens, keep, masks = [], [], [], [], [], [], [], {}
+        ids, positions, slots, tables, lens, qlens, keep, masks, loras = [], [], [], [], [], [], [], {}, []
         for i in order:
-            table, start, tokens, wanted, pos, mask = feeds[i]
+            table, start, tokens, wanted, pos, mask, lora = feeds[i]
             if mask is not None:
                 masks[len(tables)] = mask
             ids += tokens
@@ -128,14 +137,16 @@ class ModelRunner:
             lens.append(start + len(tokens))
             qlens.append(len(tokens))
             keep += range(len(ids) - wanted, len(ids))
+            loras += [lora] * len(tokens)
         width = max(map(len, tables))
         table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
         dev = self.device
         paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
                               torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
                               sum(1 for q in qlens if q == 1), masks, self.kernel)
-        logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
-                            paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
+        with self.lora_mapping.use(loras, dev):
+            logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
+                                paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
         out: list[torch.Tensor] = [None] * len(feeds)  # type: ignore[list-item]
         row = 0
         for i in order:

@@ -91,6 +91,10 @@ class Sequence:
         return self.request.params
 
     @property
+    def lora_name(self) -> str | None:
+        return self.request.lora_name
+
+    @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
@@ -126,6 +130,7 @@ class Request:
     params: Any  # llmkit.generate.SamplingParams
     max_tokens: int  # params.max_tokens clipped to the context
     arrival_time: float = field(default_factory=time.time)
+    lora_name: str | None = None  # the LoRA adapter it runs under (multi-LoRA serving); None = the base model
     seqs: list[Sequence] = field(default_factory=list)
     metrics: RequestMetrics = field(init=False)
 
