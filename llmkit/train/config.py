@@ -87,8 +87,10 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list, metadata=_help(
         "parameter names to freeze: globs, or regexes prefixed with 're:'"))
     qat: str = field(default="", metadata=_help(
-        "quantisation-aware training for int8 or int4 (groups of 64): the block linears train through the "
+        "quantisation-aware training for int8 or int4 (groups of qat_group_size): the block linears train through the "
         "scheme's rounding and the export is the quantised model; empty = off"))
+    qat_group_size: int = field(default=64, metadata=_help(
+        "int4 QAT's group size (must divide every block linear's in_features, e.g. 32 for the nano preset)"))
 
     # --- execution ---
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda or cuda:N (under torchrun: the local GPU)"))
@@ -130,6 +132,7 @@ class TrainConfig:
         need(bool(self.model), "model", f"give {ACCEPTED}")
         need(bool(self.data), "data", "give a shard directory, corpus name or file")
         need(self.qat in ("", "int8", "int4"), "qat", "must be int8, int4 or empty")
+        need(self.qat_group_size in (32, 64, 128, 256), "qat_group_size", "must be 32, 64, 128 or 256")
         need(self.sequence_parallel == "none" or not self.compile, "sequence_parallel",
              "cannot be combined with compile (the attention is swapped around every step)")
         return self

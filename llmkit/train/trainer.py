@@ -168,7 +168,8 @@ class Trainer:
         if cfg.qat:
             from llmkit.quant import prepare_qat
 
-            prepare_qat(self.model, cfg.qat)  # same parameters and names: checkpoints and the optimizer are unchanged
+            options = {"group_size": cfg.qat_group_size} if cfg.qat == "int4" else {}
+            prepare_qat(self.model, cfg.qat, **options)  # same parameters and names: checkpoints and the optimizer are unchanged
         self.sp_group = None  # the group every sequence is split over; None = the ranks split the batch
         if cfg.sequence_parallel != "none" and d.enabled:
             check_sequence_parallel(self.model.cfg, cfg.sequence_parallel, d.world_size)

@@ -32,3 +32,11 @@ def test_finetune_passes_qat_to_the_trainer_for_full_training_only(tmp_path):
     assert train_config(cfg, tmp_path / "train.jsonl", None, tmp_path).qat == "int8"
     with pytest.raises(ValueError, match="use method=full"):
         FinetuneConfig(method="lora", qat="int4").validate()
+
+
+def test_qat_group_size_sets_the_int4_groups(tmp_path):
+    cfg = tiny_cfg(tmp_path, qat="int4", qat_group_size=32, max_steps=1, model_overrides={"dim": 64})
+    trainer = Trainer(cfg, data=Data(RandomBatches()))
+    assert trainer.model.model.layers[0].mlp.down_proj.group_size == 32
+    with pytest.raises(ValueError, match="TrainConfig.qat_group_size=48"):
+        tiny_cfg(tmp_path, qat="int4", qat_group_size=48).validate()
