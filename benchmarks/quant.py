@@ -1,25 +1,28 @@
-"""Quantisation on SmolLM2-135M-Instruct: size, memory, held-out perplexity and decode speed per scheme.
+"""Quantisation side by side: size, memory, held-out perplexity, TTFT and decode speed per scheme, vs llama.cpp.
 
-One row per format: fp32, bf16, and every scheme of ``llmkit.quant.QUANT_SCHEMES``
-(quantised from the bf16 model by default, calibrated on 32 x 256 tokens of
-Shakespeare's training split), plus llama.cpp's Q8_0 / Q4_0 / Q4_1 files of
-the same model when llama-cpp-python is installed (skipped otherwise). Every
-row is saved to disk and then measured in a fresh process that loads it, so:
+Two models: SmolLM2-135M-Instruct (its Q4_1 GGUF dequantised, so every row starts from the same
+values) and a speedrun model (``llmkit speedrun``'s nano pretraining, trained once into
+``~/.cache/llmkit/speedrun/nano-quant`` when absent). For each: fp32, bf16 and every scheme of
+``llmkit.quant.QUANT_SCHEMES`` (quantised from bf16, calibrated on 32 x 256 tokens of
+Shakespeare's training split), and llama.cpp on F32/Q8_0/Q4_0/Q4_1 files of the same weights
+(our f32 GGUF export, ``llama-quantize``d; skipped when benchmarks/build_llama_server.sh has not
+built the binaries). Every llmkit row is saved, then measured in a fresh process that loads it:
 
-- file size: the saved directory (or the GGUF file);
-- resident memory: the process's RSS growth from loading the model and reading
-  every page of its tensors (safetensors are memory-mapped, so unread pages would
-  not count); llama.cpp's after its perplexity run, which reads every weight;
-- perplexity: the first ``--eval-tokens`` tokens of Shakespeare's held-out
-  plays, windows of 1024 tokens with stride 512, the same windows for llama.cpp;
-- TTFT: time to the first token after a 512-token prompt (batch 1);
-- decode: batch-1 tokens/s after that prompt, ``(t(1 + n) - t(1)) / n``, greedy,
-  with the compiled decode step (``--no-compile``: eager).
+- file: the saved directory or GGUF file;
+- memory: llmkit: the RSS growth from loading the model and reading every page of its tensors;
+  llama.cpp: the peak RSS of ``llama-bench`` decoding one token (the whole process);
+- perplexity: held-out Shakespeare (``llmkit.data``), llama-perplexity's protocol on both sides
+  (chunks of ``n_ctx``, second halves scored; ``benchmarks/llama_cpp_tools.py``), the same text
+  file for every row;
+- TTFT: a ``prompt``-token prompt to the first token, batch 1;
+- decode: batch-1 tokens/s after that prompt, ``(t(1 + n) - t(1)) / n``, greedy, compiled decode
+  step; llama.cpp: ``llama-bench`` pp``prompt`` and tg``n`` at depth ``prompt``.
 
-All the weights come from one GGUF (Q4_1), dequantised: every row starts from
-the same values, llama.cpp's requantised files included.
+Timings mean something only on an otherwise idle machine; ``--no-timing`` leaves them out. The
+full run writes the table into docs/quantization.md and README.md (between ``quant-table``
+markers) and the perplexity-vs-size plot to docs/images/quant_ppl_size.png.
 
-    .venv/bin/python benchmarks/quant.py [--quick] [--threads N] [--schemes int8,int4,...] [--no-compile]
+    .venv/bin/python benchmarks/quant.py [--quick] [--no-timing] [--threads 2] [--models smollm2,speedrun]
 """
 from __future__ import annotations
 
@@ -30,14 +33,61 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-MODEL = "smollm2-135m-instruct"
-WINDOW, STRIDE = 1024, 512
-OPTIONS = {"int4": {"group_size": 64}, "gptq": {"group_size": 64}, "awq": {"group_size": 64}}  # K = 576
-LLAMA_CPP = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": None}
+import llama_cpp_tools as lc
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEEDRUN = Path.home() / ".cache" / "llmkit" / "speedrun" / "nano-quant"
+GROUPED = ("int4", "gptq", "awq")  # schemes with a group_size option
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One model of the table and how it is measured."""
+
+    label: str
+    group_size: int  # int4/GPTQ/AWQ groups: must divide every quantised layer's in_features
+    n_ctx: int  # perplexity chunk (<= the model's context)
+    chunks: int  # perplexity chunks (quick: a quarter)
+    prompt: int  # TTFT prompt and decode depth (prompt + new tokens <= the model's context)
+
+
+SUBJECTS = {
+    "smollm2": Subject("SmolLM2-135M-Instruct", 64, 512, 8, 512),  # K = 576, 1536: groups of 32 or 64
+    "speedrun": Subject("speedrun nano (1.3M)", 32, 256, 32, 256),  # K = 128, 352: groups of 32
+}
+
+
+def speedrun_model(minutes: float = 6.0) -> Path:
+    """The speedrun's pretrained nano model (an HF directory with its tokenizer), trained once and cached."""
+    path = SPEEDRUN / "pretrain" / "model"
+    if not (path / "config.json").exists():
+        from llmkit.speedrun import SpeedrunConfig, speedrun
+
+        speedrun(SpeedrunConfig(minutes=minutes, out=str(SPEEDRUN)))
+    return path
+
+
+def source(name: str) -> Path:
+    from llmkit.io.pull import pull
+
+    return pull("smollm2-135m-instruct") if name == "smollm2" else speedrun_model()
+
+
+def held_out_file(tokenizer, subject: Subject, chunks: int, out: Path) -> Path:
+    """The first held-out Shakespeare characters holding ``chunks`` chunks (and a little more), as a file."""
+    from llmkit.eval.perplexity import resolve_text
+
+    text = resolve_text("shakespeare")[0]
+    n_chars = 1000
+    while len(lc.eval_ids(tokenizer, text[:n_chars])) < chunks * subject.n_ctx + 16:
+        n_chars *= 2
+    out.write_text(text[:n_chars])
+    return out
 
 
 def rss_bytes() -> int:
@@ -52,179 +102,203 @@ def touch_pages(model) -> None:
         flat[::4096].sum()
 
 
-def held_out_ids(tokenizer, n_tokens: int) -> list[int]:
-    from llmkit.eval.perplexity import resolve_text
-
-    text = resolve_text("shakespeare")[0]
-    return [tokenizer.bos_id] + tokenizer.encode(text[: n_tokens * 8], add_special_tokens=False)[:n_tokens]
-
-
-def dir_bytes(path: Path) -> int:
+def file_bytes(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.iterdir())
 
 
-# ----- the child process: load one saved row and measure it -----
-def measure_llmkit(path: Path, n_eval: int, n_new: int, compile: bool) -> dict:
-    from llmkit.eval.perplexity import windowed_nll
+# ----- the child process: load one saved llmkit row and measure it -----
+def measure_llmkit(path: Path, subject: Subject, text_file: Path, chunks: int, n_new: int, timing: bool) -> dict:
     from llmkit.generate import generate_tokens, load_model_and_tokenizer
 
     before = rss_bytes()
     model, tokenizer = load_model_and_tokenizer(path)
     touch_pages(model)
-    memory = rss_bytes() - before
-    with torch.no_grad():
-        nll, n, _ = windowed_nll(model, held_out_ids(tokenizer, n_eval), window=WINDOW, stride=STRIDE)
+    result = {"memory": rss_bytes() - before}
+    bos = tokenizer.bos_id if lc.adds_bos(tokenizer) else None
+    result["ppl"] = lc.chunked_perplexity(model, lc.eval_ids(tokenizer, text_file.read_text()), subject.n_ctx,
+                                          chunks, bos)
+    if timing:
+        def run(k: int) -> float:
+            start = time.perf_counter()
+            generate_tokens(model, prompt, max_new_tokens=k, compile=True)  # no stop ids: exactly k tokens
+            return time.perf_counter() - start
 
-    def run(k: int) -> float:
-        start = time.perf_counter()
-        generate_tokens(model, prompt, max_new_tokens=k, compile=compile)
-        return time.perf_counter() - start
-
-    prompt = torch.randint(100, 40_000, (1, 512), generator=torch.Generator().manual_seed(0))
-    run(2)  # warm-up and compilation
-    ttft = min(run(1) for _ in range(2))
-    full = min(run(n_new + 1) for _ in range(2))
-    return {"memory": memory, "ppl": float(torch.tensor(nll / n).exp()), "ttft": ttft, "tok_s": n_new / (full - ttft)}
-
-
-def measure_llama_cpp(path: Path, n_eval: int, n_new: int, threads: int) -> dict:
-    import numpy as np
-    from llama_cpp import Llama
-
-    from llmkit.eval.perplexity import sliding_windows
-    from llmkit.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_pretrained(path)  # the GGUF's own tokenizer: the same ids as ours
-    ids = held_out_ids(tokenizer, n_eval)
-    before = rss_bytes()
-    llm = Llama(model_path=str(path), n_ctx=WINDOW, n_batch=512, n_threads=threads, logits_all=True, verbose=False)
-    nll, n = 0.0, 0
-    for begin, end, targets in sliding_windows(len(ids), WINDOW, STRIDE):
-        llm.reset()
-        llm.eval(ids[begin:end])
-        logits = np.asarray(llm.scores[: end - begin], dtype=np.float64)[-targets - 1:-1]  # predict the targets
-        logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-        nll -= logp[np.arange(targets), ids[end - targets:end]].sum()
-        n += targets
-    memory = rss_bytes() - before
-    prompt = torch.randint(100, 40_000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
-    no_eos = {llm.token_eos(): float("-inf")}
-
-    def run(k: int) -> float:
-        llm.reset()
-        start = time.perf_counter()
-        llm.create_completion(prompt, max_tokens=k, temperature=0.0, logit_bias=no_eos)
-        return time.perf_counter() - start
-
-    run(2)
-    ttft = min(run(1) for _ in range(2))
-    full = min(run(n_new + 1) for _ in range(2))
-    return {"memory": memory, "ppl": float(np.exp(nll / n)), "ttft": ttft, "tok_s": n_new / (full - ttft)}
+        g = torch.Generator().manual_seed(0)
+        prompt = torch.randint(100, model.cfg.vocab_size, (1, subject.prompt), generator=g)
+        run(2)  # warm-up and compilation
+        ttft = min(run(1) for _ in range(3))
+        full = min(run(n_new + 1) for _ in range(3))
+        result |= {"ttft": ttft, "tok_s": n_new / (full - ttft)}
+    return result
 
 
-# ----- the parent: build each row, then measure it in a child -----
-def build_rows(schemes: list[str], base_dtype: torch.dtype, out: Path) -> dict[str, Path]:
+# ----- the parent: build each row, then measure it -----
+def build_rows(name: str, subject: Subject, schemes: list[str], out: Path) -> dict[str, Path]:
+    """Save fp32, bf16 and each scheme (quantised from bf16) under ``out``; row name -> directory."""
     from llmkit.generate import load_model_and_tokenizer
     from llmkit.quant import QUANT_SCHEMES, quantize
     from llmkit.quant.calibrate import calibration_ids
 
     rows = {}
-    for name in ["fp32", "bf16", *schemes]:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(name, base_dtype)
-        model, tokenizer = load_model_and_tokenizer(MODEL, dtype=dtype)
-        if name in QUANT_SCHEMES:
+    for row in ["fp32", "bf16", *schemes]:
+        model, tokenizer = load_model_and_tokenizer(source(name), dtype=torch.float32 if row == "fp32" else
+                                                    torch.bfloat16)
+        if row in QUANT_SCHEMES:
             start = time.perf_counter()
-            calib = calibration_ids(tokenizer, "shakespeare", 32, 256) if QUANT_SCHEMES[name].calibrated else None
-            quantize(model, name, calib, **OPTIONS.get(name, {}))
-            print(f"[{name}] quantised in {time.perf_counter() - start:.0f} s", flush=True)
-        rows[name] = out / name
-        model.save_pretrained(rows[name])
-        tokenizer.save_pretrained(rows[name])
+            calib = calibration_ids(tokenizer, "shakespeare", 32, 256) if QUANT_SCHEMES[row].calibrated else None
+            quantize(model, row, calib, **({"group_size": subject.group_size} if row in GROUPED else {}))
+            print(f"[{name} {row}] quantised in {time.perf_counter() - start:.0f} s", flush=True)
+        rows[row] = out / row
+        model.save_pretrained(rows[row])
+        tokenizer.save_pretrained(rows[row])
     return rows
 
 
-def llama_cpp_rows(out: Path) -> dict[str, Path]:
-    """llama.cpp's requantisations of the GGUF (empty without llama-cpp-python)."""
-    try:
-        import llama_cpp
-    except ImportError:
+def llama_cpp_files(name: str, out: Path) -> dict[str, Path]:
+    """Our f32 GGUF export of the model and llama-quantize's Q8_0/Q4_0/Q4_1 of it (empty without the binary)."""
+    if lc.tool("llama-quantize") is None:
         return {}
-    from llmkit.io.pull import resolve_model
+    from llmkit.generate import load_model_and_tokenizer
+    from llmkit.io.gguf import export_gguf
+    from llmkit.tokenizer.gguf_format import read_gguf_metadata
 
-    source = resolve_model(MODEL)
-    rows = {}
-    for name, ftype in LLAMA_CPP.items():
-        if ftype is None:
-            rows[name] = source
-            continue
-        rows[name] = out / f"{name}.gguf"
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize = getattr(llama_cpp, ftype), True
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(rows[name]).encode(), params) != 0:
-            raise RuntimeError(f"llama.cpp could not write {name}")
-    return rows
+    model, tokenizer = load_model_and_tokenizer(source(name))
+    meta = read_gguf_metadata(source(name)) if name == "smollm2" else lc.gguf_tokenizer_metadata(tokenizer)
+    f32 = out / "F32.gguf"
+    export_gguf(model, f32, "f32", tokenizer_metadata=meta)
+    return {"F32": f32, **{ftype: lc.quantize(f32, out / f"{ftype}.gguf", ftype) for ftype in lc.FTYPES}}
 
 
-def child(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    path = Path(args.measure)
-    if path.suffix == ".gguf":
-        result = measure_llama_cpp(path, args.eval_tokens, args.new_tokens, torch.get_num_threads())
-    else:
-        result = measure_llmkit(path, args.eval_tokens, args.new_tokens, not args.no_compile)
-    print("RESULT " + json.dumps(result))
+def measure_llama_cpp(path: Path, subject: Subject, text_file: Path, chunks: int, n_new: int, threads: int,
+                      timing: bool) -> dict:
+    result = {"memory": lc.weights_rss(path, threads),
+              "ppl": lc.llama_perplexity(path, text_file, subject.n_ctx, chunks, threads)}
+    return result | (lc.llama_bench(path, threads, subject.prompt, n_new) if timing else {})
+
+
+def run_subject(name: str, schemes: list[str], args: argparse.Namespace) -> list[dict]:
+    subject = SUBJECTS[name]
+    chunks = subject.chunks // 4 if args.quick else subject.chunks
+    n_new = 16 if args.quick else 64
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        from llmkit.tokenizer import Tokenizer
+
+        text_file = held_out_file(Tokenizer.from_pretrained(source(name)), subject, chunks, tmp / "held_out.txt")
+        for row, path in build_rows(name, subject, schemes, tmp).items():
+            cmd = [sys.executable, __file__, "--measure", path, "--model", name, "--text", text_file,
+                   "--chunks", chunks, "--new-tokens", n_new, "--threads", args.threads]
+            cmd += ["--no-timing"] if args.no_timing else []
+            proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                print(f"[{name} {row}] failed:\n{proc.stderr[-2000:]}", flush=True)
+                continue
+            results.append({"model": name, "format": row, "engine": "llmkit", "size": file_bytes(path),
+                            **json.loads(line[7:])})
+            print(f"[{name} {row}] {results[-1]}", flush=True)
+        for row, path in llama_cpp_files(name, tmp).items():
+            r = measure_llama_cpp(path, subject, text_file, chunks, n_new, args.threads, not args.no_timing)
+            results.append({"model": name, "format": row, "engine": "llama.cpp", "size": file_bytes(path), **r})
+            print(f"[{name} llama.cpp {row}] {results[-1]}", flush=True)
+    return results
+
+
+# ----- output -----
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    """The results as one markdown table, perplexity also relative to the model's bf16 row."""
+    bf16 = {r["model"]: r["ppl"] for r in results if r["format"] == "bf16" and r["engine"] == "llmkit"}
+    lines = ["| model | format | engine | file (MiB) | memory (MiB) | perplexity | vs bf16 | TTFT (ms) | decode b1 (tok/s) |",
+             "|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    for r in results:
+        rel = f"{r['ppl'] / bf16[r['model']] - 1:+.2%}" if r["model"] in bf16 else "-"
+        ttft = f"{r['ttft'] * 1e3:.0f}" if "ttft" in r else "-"
+        tok_s = f"{r['tok_s']:.1f}" if "tok_s" in r else "-"
+        lines.append(f"| {SUBJECTS[r['model']].label} | {r['format']} | {r['engine']} | {r['size'] / 2**20:.1f} | "
+                     f"{r['memory'] / 2**20:.1f} | {r['ppl']:.3f} | {rel} | {ttft} | {tok_s} |")
+    timing = ("timings not measured (--no-timing)" if args.no_timing else
+              f"batch-1 TTFT and decode with {args.threads} threads, compiled decode step")
+    caption = (f"torch {torch.__version__}, llama.cpp from llama-cpp-python {lc.VERSION}; schemes from bf16, "
+               f"int4/GPTQ/AWQ in groups of {SUBJECTS['smollm2'].group_size} (SmolLM2) / "
+               f"{SUBJECTS['speedrun'].group_size} (speedrun); perplexity on held-out Shakespeare, "
+               f"llama-perplexity's protocol ({', '.join(f'{s.chunks} x {s.n_ctx}' for s in SUBJECTS.values())} "
+               f"tokens); {timing}.")
+    return "\n".join(lines) + "\n\n" + caption + "\n"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in results))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for engine, marker in (("llmkit", "o"), ("llama.cpp", "s")):
+            rows = [r for r in results if r["model"] == model and r["engine"] == engine]
+            ax.scatter([r["size"] / 2**20 for r in rows], [r["ppl"] for r in rows], marker=marker, label=engine)
+            for r in rows:
+                ax.annotate(r["format"], (r["size"] / 2**20, r["ppl"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set(title=SUBJECTS[model].label, xlabel="file size (MiB)", ylabel="held-out perplexity", xscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between ``<!-- quant-table -->`` and ``<!-- /quant-table -->`` in ``path``."""
+    start, end = "<!-- quant-table -->", "<!-- /quant-table -->"
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        print(f"{path}: no quant-table markers; table not written there", flush=True)
+        return
+    head, rest = doc.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1024 held-out tokens and 16 new tokens (instead of 4096, 64)")
-    ap.add_argument("--threads", type=int, default=0, help="torch and llama.cpp threads; 0 = torch default")
+    ap.add_argument("--quick", action="store_true", help="a quarter of the perplexity chunks, 16 new tokens, no docs")
+    ap.add_argument("--no-timing", action="store_true", help="leave out TTFT and decode speed")
+    ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads")
+    ap.add_argument("--models", default="smollm2,speedrun", help=f"comma-separated subset of {', '.join(SUBJECTS)}")
     ap.add_argument("--schemes", default="", help="comma-separated subset of QUANT_SCHEMES (default: all)")
-    ap.add_argument("--base", default="bf16", choices=["fp32", "bf16"], help="dtype the schemes quantise from")
-    ap.add_argument("--no-compile", action="store_true", help="decode eagerly")
-    ap.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one saved row
-    ap.add_argument("--eval-tokens", type=int, default=4096, help=argparse.SUPPRESS)
-    ap.add_argument("--new-tokens", type=int, default=64, help=argparse.SUPPRESS)
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: measure one saved row
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--text", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--chunks", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--new-tokens", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.quick:
-        args.eval_tokens, args.new_tokens = 1024, 16
+    torch.set_num_threads(args.threads)
     if args.measure:
-        return child(args)
+        result = measure_llmkit(args.measure, SUBJECTS[args.model], args.text, args.chunks, args.new_tokens,
+                                not args.no_timing)
+        print("RESULT " + json.dumps(result))
+        return
 
     from llmkit.quant import QUANT_SCHEMES
 
     schemes = args.schemes.split(",") if args.schemes else list(QUANT_SCHEMES)
-    unknown = set(schemes) - set(QUANT_SCHEMES)
-    if unknown:
-        ap.error(f"unknown schemes {sorted(unknown)}; choose from {', '.join(QUANT_SCHEMES)}")
-    base = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.base]
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = {**build_rows(schemes, base, Path(tmp)), **llama_cpp_rows(Path(tmp))}
-        results = {}
-        for name, path in rows.items():
-            cmd = [sys.executable, __file__, "--measure", str(path), "--eval-tokens", str(args.eval_tokens),
-                   "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
-            cmd += ["--no-compile"] if args.no_compile else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                print(f"[{name}] failed:\n{proc.stderr[-2000:]}", flush=True)
-                continue
-            results[name] = {**json.loads(line[7:]), "size": dir_bytes(path)}
-            print(f"[{name}] {results[name]}", flush=True)
-
-    print(f"\nSmolLM2-135M-Instruct, torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, "
-          f"schemes from {args.base}, decode {'eager' if args.no_compile else 'compiled'}, "
-          f"perplexity on {args.eval_tokens} held-out Shakespeare tokens")
-    header = (f"{'format':<12} {'engine':<9} {'file (MiB)':>10} {'memory (MiB)':>12} {'perplexity':>10} "
-              f"{'TTFT (ms)':>9} {'decode b1 (tok/s)':>17}")
-    print(header + "\n" + "-" * len(header))
-    for name, r in results.items():
-        engine = "llama.cpp" if name in LLAMA_CPP else "llmkit"
-        print(f"{name:<12} {engine:<9} {r['size'] / 2**20:>10.1f} {r['memory'] / 2**20:>12.1f} {r['ppl']:>10.3f} "
-              f"{r['ttft'] * 1e3:>9.0f} {r['tok_s']:>17.1f}")
-    if not any(name in LLAMA_CPP for name in results):
-        print(f"{'Q8_0/Q4_0/Q4_1':<12} llama.cpp  skipped: llama-cpp-python is not installed")
+    models = args.models.split(",")
+    if unknown := sorted(set(schemes) - set(QUANT_SCHEMES)) + sorted(set(models) - set(SUBJECTS)):
+        ap.error(f"unknown schemes or models {unknown}")
+    results = [r for name in models for r in run_subject(name, schemes, args)]
+    if not lc.tool("llama-quantize"):
+        print("llama.cpp rows skipped: run benchmarks/build_llama_server.sh to build its tools", flush=True)
+    out = Path.home() / ".cache" / "llmkit" / "bench" / f"quant{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args) | {"subjects": {k: asdict(v) for k, v in SUBJECTS.items()}},
+                               "results": results}, indent=1, default=str))
+    text = table(results, args)
+    print("\n" + text + f"\nresults: {out}")
+    if not args.quick:
+        plot(results, ROOT / "docs" / "images" / "quant_ppl_size.png")
+        for doc in (ROOT / "docs" / "quantization.md", ROOT / "README.md"):
+            write_between_markers(doc, text)
 
 
 if __name__ == "__main__":
