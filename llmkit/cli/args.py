@@ -142,6 +142,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kw: dict[str, Any] = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if inner is bool:
             kw.update(nargs="?", const="true", metavar="BOOL")
+        if get_origin(inner) in (list, tuple):  # a list flag may repeat: --lora a=x --lora b=y (or a=x,b=y)
+            kw.update(action="append")
         parser.add_argument(*spellings, **kw)
 
 
@@ -163,7 +165,8 @@ def parse_dataclass(cls: type, namespace: argparse.Namespace, extra: dict[str, A
             values[key.replace("-", "_")] = value
     for name in _fields(cls):
         if hasattr(namespace, name):
-            _set(values, name, getattr(namespace, name))
+            value = getattr(namespace, name)
+            _set(values, name, ",".join(value) if isinstance(value, list) else value)  # repeats of a list flag
     for key, value in (extra or {}).items():
         _set(values, key, value)
     obj = _build(cls, values)

@@ -3,6 +3,11 @@
 The server listens at once and loads the model in the background: ``/health``
 answers 503 until the model is ready, then 200 (what a Kubernetes readiness
 probe wants). Engine flags are :class:`~llmkit.engine.LLM`'s options.
+
+``--lora NAME=DIR`` (repeatable, or a list in the YAML config) serves peft-format
+LoRA adapters from the one base model; a request picks one with ``"model": NAME``.
+Adapter files are read before the server starts (a bad one is a usage error);
+whether they fit the model is checked when it loads (``/health`` reports it).
 """
 from __future__ import annotations
 
@@ -30,9 +35,27 @@ class Args:
     max_num_batched_tokens: int = field(default=2048, metadata={"help": "tokens per engine step at most"})
     kv_cache_memory: str | None = field(default=None, metadata={
         "help": "KV pool size, e.g. 2GiB (default: a share of free memory)"})
+    kv_cache_dtype: Literal["auto", "int8", "fp8"] = field(default="auto", metadata={
+        "help": "KV pool storage: auto (the weight dtype), or int8/fp8 (about twice the blocks of bf16)"})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "reuse KV blocks of common prefixes"})
+    lora: list[str] = field(default_factory=list, metadata={
+        "help": "NAME=DIR: serve the LoRA adapter in DIR as model NAME (repeatable)"})
     log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={
         "help": "uvicorn's log level"})
+
+    def lora_adapters(self) -> dict[str, str]:
+        """``--lora`` as {name: directory}; UsageError for a malformed or repeated entry."""
+        from llmkit.cli.args import UsageError
+
+        out = {}
+        for item in self.lora:
+            name, sep, directory = item.partition("=")
+            if not sep or not name or not directory:
+                raise UsageError(f"--lora: expected NAME=DIR, got {item!r}")
+            if name in out or name in (self.served_name(), self.model):
+                raise UsageError(f"--lora: the name {name!r} is taken (adapters and the base need distinct names)")
+            out[name] = directory
+        return out
 
     def served_name(self) -> str:
         return self.served_model_name or (Path(self.model).stem if Path(self.model).suffix == ".gguf"
@@ -44,17 +67,26 @@ def run(args: Args) -> int:
 
     from llmkit.cli.args import UsageError
     from llmkit.engine import LLM, AsyncLLMEngine
+    from llmkit.io.errors import CheckpointError
+    from llmkit.peft.multi_lora import read_lora
     from llmkit.serve import ServeConfig, build_app
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     if args.max_num_seqs < 1 or args.max_queue < 0:
         raise UsageError("--max_num_seqs must be >= 1 and --max_queue >= 0")
+    loras = args.lora_adapters()
+    for name, directory in loras.items():
+        try:
+            read_lora(directory)
+        except (CheckpointError, ValueError) as e:
+            raise UsageError(f"--lora {name}: {e}") from None
 
     def load() -> AsyncLLMEngine:
         llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
-                  enable_prefix_caching=args.enable_prefix_caching)
+                  kv_cache_dtype=args.kv_cache_dtype,
+                  enable_prefix_caching=args.enable_prefix_caching, lora_adapters=loras)
         return AsyncLLMEngine(llm.engine)
 
     config = ServeConfig(args.served_name(), api_key=args.api_key, max_queue=args.max_queue,

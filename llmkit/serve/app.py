@@ -141,20 +141,28 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
 
     @v1.get("/models", response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=config.served_model_name, max_model_len=state.max_model_len)])
+        base, length = config.served_model_name, state.max_model_len
+        return ModelList(data=[ModelCard(id=base, max_model_len=length)]
+                         + [ModelCard(id=name, root=directory, parent=base, max_model_len=length)
+                            for name, directory in state.lora_adapters.items()])
 
     @v1.post("/completions", response_model=CompletionResponse)
     async def completions(body: CompletionRequest, request: Request):
         state.ready()
-        model = state.check_model(body.model)
+        model, lora = state.check_model(body.model)
         params = _params(body, body.max_tokens, body.logprobs)
+        if body.echo and body.logprobs is not None:
+            raise APIError(400, "echo with logprobs is not supported: the server does not compute the prompt's "
+                           "log-probabilities", "echo", "unsupported")
         prompts = body.prompts()
         if not prompts:
             raise APIError(400, "prompt: give at least one prompt", "prompt", "invalid_value")
         for p in prompts:
-            state.check_request(p, params, "prompt")
+            state.check_request(p, params, "prompt", lora)
         rid, tokenizer, k = random_id("cmpl"), state.engine.engine.tokenizer, body.logprobs
         acc = Accumulator(body.n)
+        # echo: each choice's text starts with its prompt's (ids are decoded)
+        echoes = [(p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else "" for p in prompts]
 
         def logprobs(rows, offset=0):
             return None if k is None else completion_logprobs(tokenizer, rows, k, offset)
@@ -162,11 +170,15 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
         if body.stream:
             async def events() -> AsyncIterator[str]:
                 ended: set[int] = set()
-                async for i, delta in state.stream(prompts, params, rid):
+                echoed: set[int] = set()
+                async for i, delta in state.stream(prompts, params, rid, lora_name=lora):
                     for index, o in acc.add(i, delta):
-                        if _news(o, k, index, ended):
+                        news = _news(o, k, index, ended)
+                        if news or (body.echo and index not in echoed):
+                            text = o.text if index in echoed else echoes[i] + o.text
+                            echoed.add(index)
                             offset = len(acc.choices[index].text) - len(o.text)
-                            c = CompletionChoice(index=index, text=o.text, finish_reason=o.finish_reason,
+                            c = CompletionChoice(index=index, text=text, finish_reason=o.finish_reason,
                                                  logprobs=logprobs(o.logprobs or [], offset))
                             yield _sse(CompletionResponse(id=rid, model=model, choices=[c]))
                 if body.include_usage:
@@ -174,16 +186,16 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
 
             return _streaming(state, events, len(prompts))
         with state.admitted(len(prompts)):
-            for i, delta in await _until_disconnect(request, state.stream(prompts, params, rid)):
+            for i, delta in await _until_disconnect(request, state.stream(prompts, params, rid, lora_name=lora)):
                 acc.add(i, delta)
-        choices = [CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason, logprobs=logprobs(c.logprobs))
-                   for i, c in acc.ordered()]
+        choices = [CompletionChoice(index=i, text=echoes[i // body.n] + c.text, finish_reason=c.finish_reason,
+                                    logprobs=logprobs(c.logprobs)) for i, c in acc.ordered()]
         return CompletionResponse(id=rid, model=model, choices=choices, usage=acc.usage())
 
     @v1.post("/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         engine = state.ready()
-        model = state.check_model(body.model)
+        model, lora = state.check_model(body.model)
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
         k = (body.top_logprobs or 0) if body.logprobs else None
@@ -216,7 +228,7 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **variables)
         except (ValueError, jinja2.TemplateError) as e:
             raise APIError(400, f"messages: the chat template failed: {e}", "messages", "invalid_value") from None
-        state.check_request(ids, params, "messages")
+        state.check_request(ids, params, "messages", lora)
         rid, acc = random_id("chatcmpl"), Accumulator(body.n)
 
         def logprobs(rows):
@@ -236,17 +248,22 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
             async def events() -> AsyncIterator[str]:
                 started: set[int] = set()
                 ended: set[int] = set()
-                async for _, delta in state.stream([ids], params, rid, processor):
+                parsers: dict[int, tool_calls.ToolCallStream] = {}
+                async for _, delta in state.stream([ids], params, rid, processor, lora):
                     for index, o in acc.add(0, delta):
                         if index not in started:
                             started.add(index)
                             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(role="assistant", content=""))])
-                        if tools and o.finish_reason and index not in ended:  # calls parse from the whole reply
-                            ended.add(index)
-                            message, reason = reply(acc.choices[index])
-                            calls = [{"index": j, **c.model_dump()} for j, c in enumerate(message.tool_calls or [])]
-                            yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(
-                                content=message.content, tool_calls=calls or None), finish_reason=reason)])
+                        if tools and index not in ended:  # content, then tool calls, as the parser finds them
+                            parser = parsers.setdefault(index, tool_calls.ToolCallStream(forced))
+                            content, calls = parser.feed(o.text, o.finish_reason is not None)
+                            reason = o.finish_reason and ("tool_calls" if parser.calls else o.finish_reason)
+                            if reason:
+                                ended.add(index)
+                            if content or calls or reason or (k is not None and o.logprobs):
+                                yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(
+                                    content=content or None, tool_calls=calls or None),
+                                    logprobs=logprobs(o.logprobs or []), finish_reason=reason)])
                         elif not tools and _news(o, k, index, ended):
                             yield chunk([ChatChunkChoice(index=index, delta=DeltaMessage(content=o.text or None),
                                                          logprobs=logprobs(o.logprobs or []),
@@ -256,7 +273,7 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
 
             return _streaming(state, events)
         with state.admitted():
-            for _, delta in await _until_disconnect(request, state.stream([ids], params, rid, processor)):
+            for _, delta in await _until_disconnect(request, state.stream([ids], params, rid, processor, lora)):
                 acc.add(0, delta)
         choices = [ChatChoice(index=i, message=message, finish_reason=reason, logprobs=logprobs(c.logprobs))
                    for i, c in acc.ordered() for message, reason in [reply(c)]]

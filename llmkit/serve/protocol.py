@@ -32,7 +32,7 @@ class SamplingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str | None = None  # None = the base model
+    model: str | None = None  # the served name or a LoRA adapter's; None = the base model
     max_tokens: int | None = Field(default=None, ge=1)  # None = up to the context
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -70,7 +70,7 @@ class CompletionRequest(SamplingRequest):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: Literal[False] = False  # not implemented: refused rather than ignored
+    echo: bool = False  # prepend the prompt to each choice's text (not with logprobs: see docs/serving.md)
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -154,7 +154,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "llmkit"
-    root: str | None = None
+    root: str | None = None  # a LoRA adapter's directory
+    parent: str | None = None  # a LoRA adapter's base model
     max_model_len: int | None = None
 
 

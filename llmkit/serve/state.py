@@ -75,22 +75,31 @@ class ServerState:
             raise APIError(503, message, code="model_not_ready", headers={"Retry-After": "5"})
         return self.engine
 
-    def check_model(self, name: str | None) -> str:
-        """The served name a request's ``model`` picks; 404 for an unknown one."""
+    @property
+    def lora_adapters(self) -> dict[str, str]:
+        """{name: directory} of the LoRA adapters served beside the base model (none before it loads)."""
+        return {} if self.engine is None else dict(self.engine.engine.loras.directories)
+
+    def check_model(self, name: str | None) -> tuple[str, str | None]:
+        """(the name to answer with, the LoRA adapter or None for the base) of a request's ``model``;
+        404 for an unknown one."""
         served = self.config.served_model_name
         if name is None or name == served or name in self.config.aliases:
-            return served
-        raise APIError(404, f"the model {name!r} does not exist; this server serves {served!r}", "model",
+            return served, None
+        if name in self.lora_adapters:
+            return name, name
+        known = ", ".join(repr(n) for n in [served, *self.lora_adapters])
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {known}", "model",
                        "model_not_found")
 
     @property
     def max_model_len(self) -> int | None:
         return None if self.engine is None else self.engine.engine.max_seq_len
 
-    def check_request(self, prompt: Any, params: SamplingParams, param: str) -> None:
+    def check_request(self, prompt: Any, params: SamplingParams, param: str, lora_name: str | None = None) -> None:
         """400 for a prompt the engine refuses (too long, empty, bad ids), naming the request field."""
         try:
-            self.ready().check(prompt, params)
+            self.ready().check(prompt, params, lora_name)
         except ValueError as e:
             code = "context_length_exceeded" if "context" in str(e) or "KV pool" in str(e) else "invalid_value"
             raise APIError(400, str(e), param, code) from None
@@ -130,8 +139,9 @@ class ServerState:
                            "unsupported") from None
 
     async def stream(self, prompts: list[Any], params: SamplingParams, request_id: str,
-                     logits_processor: Callable | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """``(prompt index, delta)`` of every prompt's engine request, as they arrive.
+                     logits_processor: Callable | None = None,
+                     lora_name: str | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """``(prompt index, delta)`` of every prompt's engine request (under ``lora_name``), as they arrive.
 
         Raises:
             APIError: 500 if the engine failed mid-request.
@@ -142,7 +152,8 @@ class ServerState:
         async def pump(i: int, prompt: Any) -> None:
             observe = self.metrics.track()
             try:
-                async with contextlib.aclosing(engine.generate(prompt, params, f"{request_id}-{i}", logits_processor)) as gen:
+                gen = engine.generate(prompt, params, f"{request_id}-{i}", logits_processor, lora_name)
+                async with contextlib.aclosing(gen):
                     async for delta in gen:
                         observe(delta)
                         queue.put_nowait((i, delta))

@@ -14,6 +14,7 @@ ADAPTERS = {"qv": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8),
 
 def make_adapter(base, directory, seed: int, **options) -> None:
     """Save a LoRA adapter whose B is random (a fresh one is the identity, which would test nothing)."""
+    torch.manual_seed(seed)  # A's init
     model = apply_lora(copy.deepcopy(base), **options)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -9,11 +9,30 @@ from llmkit.cli import main
 @pytest.mark.parametrize("argv,message", [
     (["--port", "0"], "--port must be in 1..65535"),
     (["--max_queue", "-1"], "--max_queue >= 0"),
+    (["--lora", "nodir"], "--lora: expected NAME=DIR, got 'nodir'"),
+    (["--lora", "a=/no/such/adapter"], "--lora a: /no/such/adapter is not a peft adapter directory"),
+    (["--lora", "a=x", "--lora", "a=y"], "--lora: the name 'a' is taken"),
 ])
 def test_bad_flags(capsys, argv, message):
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llmkit serve: error:") and message in err and err.count("\n") == 1
+
+
+def test_lora_flag_repeats_and_reads_yaml(tmp_path):
+    import argparse
+
+    from llmkit.cli.args import add_dataclass_arguments, parse_dataclass
+    from llmkit.cli.serve import Args
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Args)
+    args = parse_dataclass(Args, parser.parse_args(["--lora", "a=/x", "--lora", "b=/y,c=/z"]))
+    assert args.lora_adapters() == {"a": "/x", "b": "/y", "c": "/z"}
+    config = tmp_path / "serve.yaml"
+    config.write_text("lora:\n  - sql=/adapters/sql\n  - chat=/adapters/chat\n")
+    args = parse_dataclass(Args, parser.parse_args(["--config", str(config)]))
+    assert args.lora_adapters() == {"sql": "/adapters/sql", "chat": "/adapters/chat"}
 
 
 def test_served_name():

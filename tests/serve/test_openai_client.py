@@ -128,3 +128,23 @@ def test_errors_are_openai_objects(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], top_logprobs=2)
     assert e.value.body["param"] == "top_logprobs"
+
+
+def test_echo_prepends_the_prompt(client, reference, tokenizer):
+    prompts = ["The quick brown", "END of"]
+    want = [p + reference(p, 6) for p in prompts]
+    out = client.completions.create(model=MODEL, prompt=prompts, max_tokens=6, echo=True, n=2, **GREEDY)
+    assert [c.text for c in out.choices] == [w for w in want for _ in range(2)]
+    assert out.usage.completion_tokens == 24
+    ids = [11, 42, 7, 99]  # token ids echo as their text
+    out = client.completions.create(model=MODEL, prompt=ids, max_tokens=6, echo=True, **GREEDY)
+    assert out.choices[0].text == tokenizer.decode(ids) + reference(ids, 6)
+    stream = client.completions.create(model=MODEL, prompt=prompts, max_tokens=6, echo=True, stream=True, **GREEDY)
+    texts: dict[int, str] = {}
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    assert texts == dict(enumerate(want))
+    with pytest.raises(openai.BadRequestError) as e:  # prompt log-probabilities are not computed
+        client.completions.create(model=MODEL, prompt="x", echo=True, logprobs=1)
+    assert e.value.body["param"] == "echo"

@@ -159,7 +159,7 @@ def test_api_key(tiny, tokenizer):
     ("/v1/completions", b'{"prompt": "x", "seed": 99999999999999999999999999}'),
     ("/v1/completions", b'{"prompt": "x", "temperature": NaN}'),
     ("/v1/completions", b'{"prompt": "x", "stop": [1, 2]}'),
-    ("/v1/completions", b'{"prompt": "x", "echo": true}'),
+    ("/v1/completions", b'{"prompt": "x", "echo": true, "logprobs": 1}'),
     ("/v1/chat/completions", b'{"messages": []}'),
     ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}'),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": 5}]}'),

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from llmkit.serve.protocol import Tool
-from llmkit.serve.tools import SYSTEM, call_schema, inject, parse
+from llmkit.serve.tools import SYSTEM, ToolCallStream, call_schema, inject, parse
 
 from .conftest import MODEL
 
@@ -28,6 +28,18 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def streamed_calls(chunks) -> list[dict]:
+    """Tool calls put together from their stream deltas, as OpenAI clients do (by index)."""
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for d in chunk.choices[0].delta.tool_calls or []:
+            call = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+            call["id"] = d.id or call["id"]
+            call["name"] = d.function.name or call["name"]
+            call["arguments"] += d.function.arguments or ""
+    return [calls[i] for i in sorted(calls)]
 
 
 def ask(client, **kwargs):
@@ -67,14 +79,51 @@ def test_forced_tool_call(client, stream):
     kwargs = dict(tools=[WEATHER, TIME], tool_choice={"type": "function", "function": {"name": "get_weather"}})
     if not stream:
         choice = ask(client, **kwargs).choices[0]
-        calls, reason = choice.message.tool_calls, choice.finish_reason
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in choice.message.tool_calls]
+        reason = choice.finish_reason
     else:
         chunks = [c for c in ask(client, stream=True, **kwargs) if c.choices]
-        calls = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
-        reason = chunks[-1].choices[0].finish_reason
+        calls, reason = streamed_calls(chunks), chunks[-1].choices[0].finish_reason
+        deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+        assert len(deltas) > 2  # the id and name, then the arguments in pieces as they were generated
+        assert deltas[0].id and deltas[0].function.name == "get_weather" and not deltas[0].function.arguments
     assert reason == "tool_calls" and len(calls) == 1
-    assert calls[0].function.name == "get_weather" and calls[0].id
-    assert json.loads(calls[0].function.arguments)["city"] in ("Paris", "Oslo")
+    assert calls[0]["name"] == "get_weather" and calls[0]["id"]
+    assert json.loads(calls[0]["arguments"])["city"] in ("Paris", "Oslo")
+
+
+def test_auto_tools_stream_content_as_it_comes(client):
+    """With tools but no call in the reply (a random model), content streams in pieces and equals the reply."""
+    kwargs = dict(tools=[WEATHER], temperature=0, max_tokens=24)
+    whole = ask(client, **kwargs).choices[0]
+    chunks = [c for c in ask(client, stream=True, **kwargs) if c.choices]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(pieces) > 2 and "".join(pieces) == whole.message.content
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5, 1000])
+def test_tool_call_stream_equals_parse(piece):
+    """However the text is cut into deltas, the streamed content and calls are what parse() finds in the whole."""
+    text = ('Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": {"name": "Oslo"}}}\n'
+            '</tool_call>\n<tool_call>{"arguments": {"zone": "UTC"}, "name": "get_time"}</tool_call>')
+    stream, content, calls = ToolCallStream(forced=False), "", {}
+    for i in range(0, len(text), piece):
+        c, deltas = stream.feed(text[i:i + piece], final=i + piece >= len(text))
+        content += c
+        for d in deltas:
+            call = calls.setdefault(d["index"], {"name": None, "arguments": ""})
+            call["name"] = d["function"].get("name") or call["name"]
+            call["arguments"] += d["function"]["arguments"]
+            assert not (d["function"].get("name") and "id" not in d)  # the name comes with the id, once
+    want_content, want = parse(text, forced=False)
+    assert content == want_content
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        (w.function.name, json.loads(w.function.arguments)) for w in want]
+    plain = ToolCallStream(forced=False)  # no call: the text as it is, a partial tag held back meanwhile
+    assert plain.feed("Hi <tool", final=False) == ("Hi", [])
+    assert plain.feed("box> there", final=True) == (" <toolbox> there", [])
 
 
 def test_required_tool_call_picks_one_of_the_tools(client):
