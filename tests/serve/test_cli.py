@@ -45,7 +45,8 @@ def test_served_name():
 
 @pytest.mark.slow
 def test_llmkit_serve_end_to_end(tiny, tokenizer, tmp_path):
-    """The verb itself: a saved checkpoint served by ``python -m llmkit serve`` answers /health, then a completion."""
+    """The verb itself: a saved checkpoint served by ``python -m llmkit serve`` answers /health, then a completion,
+    also under a LoRA adapter given by ``--lora``."""
     import socket
     import subprocess
     import sys
@@ -53,13 +54,17 @@ def test_llmkit_serve_end_to_end(tiny, tokenizer, tmp_path):
 
     import httpx
 
+    from tests.engine.test_multi_lora import make_adapter
+
     tiny.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
+    make_adapter(tiny, tmp_path / "adapter", 0, target_modules=["q_proj"], r=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(tmp_path), "--port", str(port),
-                             "--served_model_name", "tiny", "--kv_cache_memory", "16MiB", "--log_level", "warning"],
+                             "--served_model_name", "tiny", "--kv_cache_memory", "16MiB", "--log_level", "warning",
+                             "--lora", f"ad={tmp_path / 'adapter'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
@@ -75,6 +80,9 @@ def test_llmkit_serve_end_to_end(tiny, tokenizer, tmp_path):
         r = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hello", "max_tokens": 3,
                                                       "ignore_eos": True}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+        r = httpx.post(f"{url}/v1/completions", json={"model": "ad", "prompt": "Hello", "max_tokens": 3}, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "ad"
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["tiny", "ad"]
         assert httpx.get(f"{url}/").text.startswith("<!doctype html>")
     finally:
         proc.terminate()
