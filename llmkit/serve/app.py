@@ -257,7 +257,7 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
                         if tools and index not in ended:  # content, then tool calls, as the parser finds them
                             parser = parsers.setdefault(index, tool_calls.ToolCallStream(forced))
                             content, calls = parser.feed(o.text, o.finish_reason is not None)
-                            reason = o.finish_reason and ("tool_calls" if parser.calls else o.finish_reason)
+                            reason = o.finish_reason and reply(acc.choices[index])[1]  # as the non-streamed reply
                             if reason:
                                 ended.add(index)
                             if content or calls or reason or (k is not None and o.logprobs):
