@@ -81,19 +81,27 @@ def test_prefix_cache_is_per_adapter(tiny, tokenizer, adapters, adapted):
     assert hits == [0, 0, 0, 4]  # only the same adapter's blocks were reused
 
 
-def test_speculative_decoding_with_adapters(tiny, tokenizer, adapters, adapted):
+@pytest.mark.parametrize("method", ["ngram", "draft-is-target"])
+def test_speculative_decoding_with_adapters(tiny, tokenizer, adapters, adapted, method):
+    """Drafts (n-gram, or the base model itself drafting without adapters) are verified under each request's
+    adapter, so greedy output is the adapter's own."""
     reqs = [(([5, 9, 14] * 6), 10, 0), (([7, 11] * 8), 12, 0), (([20, 30, 40, 50] * 4), 10, 1)]
-    engine = engine_with(tiny, tokenizer, adapters, speculative=SpeculativeConfig("ngram", num_tokens=3))
+    model = copy.deepcopy(tiny)
+    spec = (SpeculativeConfig("ngram", num_tokens=3) if method == "ngram"
+            else SpeculativeConfig("draft", num_tokens=3, draft_model=model))
+    engine = LLMEngine(model, tokenizer, kv_cache_memory="32MiB", lora_adapters=adapters, speculative=spec)
     names = ["qv", "wide", None]
-    got = {}
+    got, proposed = {}, {}
     for i, (prompt, max_tokens, _) in enumerate(reqs):
         engine.add_request(str(i), prompt, SamplingParams(max_tokens=max_tokens), lora_name=names[i])
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
                 got[out.request_id] = out.outputs[0].token_ids
+                proposed[out.request_id] = out.metrics.spec_proposed_tokens
     for i, (prompt, max_tokens, _) in enumerate(reqs):
         assert got[str(i)] == naive(adapted[names[i]], prompt, max_tokens, {tokenizer.eos_id})
+    assert proposed["0"] + proposed["1"] > 0  # requests under adapters were decoded speculatively
 
 
 def test_bad_adapters_are_refused_by_name(tiny, tokenizer, adapters, tmp_path):
