@@ -40,6 +40,8 @@ class GenerationArgs:
     quant: str | None = field(default=None, metadata={
         "help": "quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
+    kv_cache_dtype: Literal["auto", "int8", "fp8"] = field(default="auto", metadata={
+        "help": "KV-cache storage: auto (the weight dtype), or int8/fp8, a scale per token and head (half of bf16)"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens to generate at most"})
     sampling: SamplingFlags = field(default_factory=SamplingFlags, metadata={
         "flatten": True, "help": "SamplingParams' fields as flags (--temperature, --top_p, ...)"})
@@ -56,7 +58,7 @@ class GenerationArgs:
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`llmkit.generate.generate` these flags set."""
         return dict(sampling=self.sampling_params(), max_new_tokens=self.max_new_tokens, stop=self.stop or None,
-                    seed=self.seed, compile=self.compile)
+                    seed=self.seed, compile=self.compile, kv_cache_dtype=self.kv_cache_dtype)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:

@@ -42,13 +42,14 @@ class LLM:
         compile: compile decode-only steps (``torch.compile``, one compile per batch bucket, tens of
             seconds each on CPU); None = compile on CUDA (CUDA graphs), eager elsewhere.
         **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
-            kv_cache_memory, enable_prefix_caching, speculative, lora_adapters).
+            kv_cache_memory, kv_cache_dtype, enable_prefix_caching, speculative, lora_adapters).
     """
 
     def __init__(self, model: str | os.PathLike | CausalLM, *, tokenizer: Tokenizer | None = None,
                  dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, block_size: int = 16,
-                 kv_cache_memory: int | str | None = None, enable_prefix_caching: bool = True,
+                 kv_cache_memory: int | str | None = None, kv_cache_dtype: str | None = None,
+                 enable_prefix_caching: bool = True,
                  speculative: SpeculativeConfig | None = None, compile: bool | None = None,
                  lora_adapters: Mapping[str, str | os.PathLike] | None = None):
         if isinstance(dtype, str):
@@ -69,7 +70,8 @@ class LLM:
             tokenizer = tokenizer or loaded
         self.engine = LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs,
                                 max_num_batched_tokens=max_num_batched_tokens, block_size=block_size,
-                                kv_cache_memory=kv_cache_memory, enable_prefix_caching=enable_prefix_caching,
+                                kv_cache_memory=kv_cache_memory, kv_cache_dtype=kv_cache_dtype,
+                                enable_prefix_caching=enable_prefix_caching,
                                 speculative=speculative,
                                 compile=model.device.type == "cuda" if compile is None else compile,
                                 lora_adapters=lora_adapters)

@@ -77,6 +77,9 @@ class LLMEngine:
         block_size: token slots per KV block.
         kv_cache_memory: bytes (or "2GiB") for the pool; None = a share of free memory (see
             :mod:`llmkit.engine.memory`), never more than ``max_num_seqs`` full-context sequences need.
+        kv_cache_dtype: None/"auto" (the model's dtype), "int8" or "fp8": a quantized pool
+            (:mod:`llmkit.quant.kv`), about twice the blocks of bf16 in the same memory (a draft model's
+            pool stays unquantized).
         enable_prefix_caching: reuse the computed blocks of common prompt prefixes.
         speculative: speculative decoding (:class:`SpeculativeConfig`); None = off.
         compile: run decode-only steps through ``torch.compile`` (one compile per batch bucket).
@@ -85,6 +88,7 @@ class LLMEngine:
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, max_num_seqs: int = 64,
                  max_num_batched_tokens: int = 2048, block_size: int = 16, kv_cache_memory: int | str | None = None,
+                 kv_cache_dtype: str | None = None,
                  enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
                  compile: bool = False, lora_adapters: Mapping[str, str | os.PathLike] | None = None):
         cfg = getattr(model, "cfg", None)
@@ -96,7 +100,7 @@ class LLMEngine:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_seq_len = cfg.max_seq_len
         self.lookahead = speculative.slots if speculative else 0
-        per_block = block_bytes(model, block_size, model.dtype)
+        per_block = block_bytes(model, block_size, model.dtype, kv_cache_dtype)
         draft = speculative.load_draft(model) if speculative else None
         if draft is not None:
             per_block += block_bytes(draft, block_size, draft.dtype)
@@ -105,7 +109,7 @@ class LLMEngine:
         num_blocks = min(memory // per_block, max_num_seqs * blocks_per_seq)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one KV block ({per_block} bytes)")
-        self.runner = ModelRunner(model, num_blocks, block_size, compile=compile)
+        self.runner = ModelRunner(model, num_blocks, block_size, compile=compile, kv_cache_dtype=kv_cache_dtype)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, self.lookahead)
         self.proposer = build_proposer(speculative, draft, num_blocks, block_size) if speculative else None

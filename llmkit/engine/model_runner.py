@@ -35,6 +35,7 @@ from llmkit.generate.compile import compile_step
 from llmkit.model import CausalLM
 from llmkit.model.metadata import PagedMetadata
 from llmkit.model.paged import PagedKVCache, PagedLatentCache
+from llmkit.quant.kv import kv_storage_dtype
 from llmkit.peft.multi_lora import LoRAMapping
 
 
@@ -65,12 +66,19 @@ def decode_step(model: CausalLM, caches: list, kernel: Callable[..., torch.Tenso
     return model(ids, position_ids=positions, paged=paged)[0].float()
 
 
-def block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes one block takes in the pools of every layer of ``model``."""
+def block_bytes(model: CausalLM, block_size: int, dtype: torch.dtype, kv_cache_dtype: str | None = None) -> int:
+    """Bytes one block takes in the pools of every layer of ``model`` (quantized pools: codes and scales).
+
+    Raises:
+        ValueError: an unknown ``kv_cache_dtype``, or a quantized one for MLA (its latent pool is not quantized).
+    """
     cfg = model.cfg
-    per_token = (cfg.kv_lora_rank + cfg.qk_rope_head_dim if cfg.attention == "mla"
-                 else 2 * cfg.kv_heads * cfg.head_size)
-    return cfg.n_layers * block_size * per_token * dtype.itemsize
+    if cfg.attention == "mla":
+        if kv_storage_dtype(kv_cache_dtype) is not None:
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: MLA's latent cache is not quantized; use auto")
+        return cfg.n_layers * block_size * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype.itemsize
+    slot = PagedKVCache.slot_bytes(cfg.kv_heads, cfg.head_size, cfg.head_size, dtype, kv_cache_dtype)
+    return cfg.n_layers * block_size * slot
 
 
 class ModelRunner:
@@ -81,9 +89,12 @@ class ModelRunner:
         num_blocks: blocks in the pool (one more is allocated: the compiled step's padding writes there).
         block_size: token slots per block.
         compile: compile decode-only steps.
+        kv_cache_dtype: None/"auto" (pools in the model's dtype), "int8" or "fp8" (:mod:`llmkit.quant.kv`).
     """
 
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, compile: bool = False):
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, compile: bool = False,
+                 kv_cache_dtype: str | None = None):
+        block_bytes(model, block_size, model.dtype, kv_cache_dtype)  # refuses a bad or unsupported kv_cache_dtype
         cfg = model.cfg
         self.model, self.block_size = model, block_size
         self.device, dtype = model.device, model.dtype
@@ -93,7 +104,7 @@ class ModelRunner:
                                             self.device) for _ in range(cfg.n_layers)]
         else:
             self.caches = [PagedKVCache(total, block_size, cfg.kv_heads, cfg.head_size, cfg.head_size, dtype,
-                                        self.device) for _ in range(cfg.n_layers)]
+                                        self.device, kv_cache_dtype) for _ in range(cfg.n_layers)]
         self.spare_slot = num_blocks * block_size
         self.table_width = -(-cfg.max_seq_len // block_size) + 1
         self.compile = compile

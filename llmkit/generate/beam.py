@@ -50,7 +50,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 max_new_tokens: int, num_beams: int, length_penalty: float = 1.0,
                 early_stopping: bool | Literal["never"] = False, sampling: SamplingParams | None = None,
-                stop_ids: Iterable[int] = (), compile: bool = False) -> TokenResult:
+                stop_ids: Iterable[int] = (), compile: bool = False, kv_cache_dtype: str | None = None) -> TokenResult:
     """The best beam-search hypothesis for each prompt of a left-padded batch.
 
     Args:
@@ -67,6 +67,8 @@ def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.
         sampling: only its penalties are used; a temperature > 0 is rejected.
         stop_ids: ids that finish a hypothesis (included as its last token).
         compile: ``torch.compile`` the decode forward.
+        kv_cache_dtype: None/"auto" (the model's dtype), "int8" or "fp8": quantize the KV cache
+            (:mod:`llmkit.quant.kv`).
     Returns:
         One hypothesis per prompt and its finish reason.
     """
@@ -81,7 +83,7 @@ def beam_search(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.
     max_new = check_context(model, t, max_new_tokens)
     ids = input_ids.to(device).repeat_interleave(n, dim=0)  # (B*n, T): row b*n + j is beam j of prompt b
     mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(device).repeat_interleave(n, dim=0))
-    cache_mask = full_mask(mask, setup_cache(model, b * n, t + max_new, compile))
+    cache_mask = full_mask(mask, setup_cache(model, b * n, t + max_new, compile, kv_cache_dtype))
     prompt_seen = counts = None
     if params.penalised:
         prompt_seen = prompt_tokens(ids, mask, model.cfg.vocab_size)

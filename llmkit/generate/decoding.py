@@ -11,7 +11,9 @@ from typing import Literal
 
 import torch
 
+from llmkit.generate import decode_attention
 from llmkit.model import CausalLM
+from llmkit.quant.kv import kv_storage_dtype
 
 FinishReason = Literal["stop", "length"]
 EAGER_BUCKET = 64  # eager decoding: cache lengths are multiples of this
@@ -42,11 +44,14 @@ def check_context(model: CausalLM, prompt_len: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, context - prompt_len)
 
 
-def setup_cache(model: CausalLM, batch: int, length: int, compiled: bool = False) -> int:
+def setup_cache(model: CausalLM, batch: int, length: int, compiled: bool = False,
+                kv_cache_dtype: str | None = None) -> int:
     """Make sure the model has a static cache for ``batch`` rows of at least ``length`` slots.
 
     The length is rounded up to its bucket (see :mod:`llmkit.generate.loop`; within the model's
     context), and an existing cache of exactly that shape and the model's dtype is kept.
+    ``kv_cache_dtype`` "int8"/"fp8" quantizes it; on CPU its decode steps then read it with the
+    C++ kernel (when it builds), eager or compiled.
 
     Returns:
         The cache length S.
@@ -56,7 +61,10 @@ def setup_cache(model: CausalLM, batch: int, length: int, compiled: bool = False
     else:
         bucket = -(-length // EAGER_BUCKET) * EAGER_BUCKET
     size = max(length, min(bucket, model.cfg.max_seq_len))
-    model.setup_caches(batch, size)  # keeps a cache of this shape as it is
+    kernel = None
+    if kv_storage_dtype(kv_cache_dtype) is not None and model.device.type == "cpu" and decode_attention.load():
+        kernel = decode_attention.decode_attention
+    model.setup_caches(batch, size, kv_cache_dtype=kv_cache_dtype, decode_kernel=kernel)  # keeps a cache of this shape
     return size
 
 

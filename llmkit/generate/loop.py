@@ -38,6 +38,7 @@ from llmkit.generate.decoding import (FinishReason, TokenResult, check_context, 
                                       prompt_tokens, setup_cache)
 from llmkit.generate.sampling import SamplingParams, gumbel_noise, process_logits, select
 from llmkit.model import CausalLM
+from llmkit.quant.kv import kv_storage_dtype
 
 def decode_step(model: CausalLM, tokens: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
                 params: SamplingParams, prompt_seen: torch.Tensor | None, counts: torch.Tensor | None,
@@ -63,11 +64,15 @@ class TokenStream:
         stop_ids: ids that end a row (EOS and friends); they are recorded as the row's last token.
         generator: random source for sampling (seeded for reproducible runs).
         compile: ``torch.compile`` the decode step (falls back to eager if compiling fails).
+        kv_cache_dtype: None/"auto" (the model's dtype), "int8" or "fp8": quantize the KV cache
+            (:mod:`llmkit.quant.kv`).
     """
 
     def __init__(self, model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int, sampling: SamplingParams | None = None, stop_ids: Iterable[int] = (),
-                 generator: torch.Generator | None = None, compile: bool = False):
+                 generator: torch.Generator | None = None, compile: bool = False, kv_cache_dtype: str | None = None):
+        kv_storage_dtype(kv_cache_dtype)  # a bad name fails here, not at the first step
+        self.kv_cache_dtype = kv_cache_dtype
         self.model = model
         self.device = model.device
         self.input_ids = input_ids.to(self.device)
@@ -99,7 +104,7 @@ class TokenStream:
     def __iter__(self) -> Iterator[list[int | None]]:
         model, ids, params = self.model, self.input_ids, self.params
         b, t = ids.shape
-        cache_len = setup_cache(model, b, t + self.max_new_tokens, self.compile)
+        cache_len = setup_cache(model, b, t + self.max_new_tokens, self.compile, self.kv_cache_dtype)
         mask = full_mask(self.attention_mask, cache_len)  # (B, S), fixed for the whole generation
         prompt_seen = counts = None
         if params.penalised:
@@ -143,7 +148,8 @@ class TokenStream:
 def generate_tokens(model: CausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     max_new_tokens: int = 256, sampling: SamplingParams | None = None, stop_ids: Iterable[int] = (),
                     seed: int | None = None, num_beams: int = 1, length_penalty: float = 1.0,
-                    early_stopping: bool | Literal["never"] = False, compile: bool = False) -> TokenResult:
+                    early_stopping: bool | Literal["never"] = False, compile: bool = False,
+                    kv_cache_dtype: str | None = None) -> TokenResult:
     """Generate token ids for a left-padded batch; no tokenizer involved.
 
     Args:
@@ -158,16 +164,18 @@ def generate_tokens(model: CausalLM, input_ids: torch.Tensor, attention_mask: to
         length_penalty: beam scores are divided by length ** length_penalty.
         early_stopping: beam search stopping rule, as in transformers (True, False or "never").
         compile: ``torch.compile`` the decode step.
+        kv_cache_dtype: None/"auto" (the model's dtype), "int8" or "fp8": quantize the KV cache
+            (:mod:`llmkit.quant.kv`).
     Returns:
         The generated ids and why each row stopped.
     """
     if num_beams > 1:
         return beam_search(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
                            length_penalty=length_penalty, early_stopping=early_stopping, sampling=sampling,
-                           stop_ids=stop_ids, compile=compile)
+                           stop_ids=stop_ids, compile=compile, kv_cache_dtype=kv_cache_dtype)
     generator = torch.Generator(model.device).manual_seed(seed) if seed is not None else None
     stream = TokenStream(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, sampling=sampling,
-                         stop_ids=stop_ids, generator=generator, compile=compile)
+                         stop_ids=stop_ids, generator=generator, compile=compile, kv_cache_dtype=kv_cache_dtype)
     for _ in stream:
         pass
     return stream.result()

@@ -91,6 +91,10 @@ class Attention(nn.Module):
                                 meta.paged.caches[self.layer_idx], meta.paged, self.head_dim ** -0.5)  # (T, H, D)
             return self.o_proj(y.reshape(b, t, -1))
         if self.kv_cache is not None and meta.input_pos is not None:
+            if t == 1 and self.kv_cache.decode_kernel is not None and meta.prefix_kv is None:
+                # a quantized cache's decode step: the kernel reads the codes in place
+                y = self.kv_cache.decode(meta.input_pos, q, k, v, meta.mask, self.head_dim ** -0.5)
+                return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
             k, v = self.kv_cache.update(meta.input_pos, k, v)  # (B, Hkv, S, D)
         if meta.prefix_kv is not None:
             pk, pv = meta.prefix_kv[self.layer_idx].to(k.dtype)  # (Hkv, n, D) each

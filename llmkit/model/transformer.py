@@ -21,6 +21,7 @@ Whole-model adapters (:mod:`llmkit.peft.model_adapter`) offer the same interface
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from llmkit.model.metadata import AttentionMetadata, PagedMetadata
 from llmkit.model.moe import Router
 from llmkit.model.norm import build_norm
 from llmkit.model.positions import POSITIONS
+from llmkit.quant.kv import kv_storage_dtype
 
 
 class Decoder(nn.Module):
@@ -114,28 +116,40 @@ class CausalLM(nn.Module):
         return [layer.self_attn.kv_cache for layer in self.model.layers]
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> None:
+                     device: torch.device | str | None = None, kv_cache_dtype: str | None = None,
+                     decode_kernel: Callable[..., torch.Tensor] | None = None) -> None:
         """Allocate a static KV cache (or MLA latent cache) of ``max_seq_len`` slots for every layer.
 
-        A cache of exactly this batch size, length, dtype and device is kept as it is (no
+        A cache of exactly this batch size, length, dtype, device and kernel is kept as it is (no
         reallocation, so a compiled decode step keeps its buffers); its stale slots are harmless
         because the mask only lets a query see slots written in the current generation.
+        ``kv_cache_dtype`` "int8" or "fp8" quantizes K/V (:class:`~llmkit.model.kv_cache.KVCache`,
+        which ``decode_kernel`` then reads in place on decode steps); MLA's latent cache is not quantized.
         """
         cfg = self.cfg
         if max_seq_len > cfg.max_seq_len and cfg.pos_embedding == "learned":
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the learned position table ({cfg.max_seq_len})")
+        storage = kv_storage_dtype(kv_cache_dtype)
+        if storage is not None and cfg.attention == "mla":
+            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r}: MLA's latent cache is not quantized; use auto")
         dtype = dtype or self.dtype
         device = torch.device(device) if device is not None else self.device
+        if storage is None:
+            decode_kernel = None  # only a quantized cache is read through it
         if self.has_cache:
-            first = next(self._caches()[0].buffers())
+            cache = self._caches()[0]
+            first = next(cache.buffers())
             same_device = first.device == device or (device.index is None and first.device.type == device.type)
-            if (first.shape[0], self._cache_len, first.dtype) == (max_batch_size, max_seq_len, dtype) and same_device:
+            # a quantized cache serves any activation dtype: its reads come back in the query's
+            if ((first.shape[0], self._cache_len, first.dtype) == (max_batch_size, max_seq_len, storage or dtype)
+                    and same_device and getattr(cache, "decode_kernel", None) is decode_kernel):
                 return
         for layer in self.model.layers:
             if cfg.attention == "mla":
                 cache = LatentCache(max_batch_size, max_seq_len, cfg.kv_lora_rank, cfg.qk_rope_head_dim, dtype, device)
             else:
-                cache = KVCache(max_batch_size, cfg.kv_heads, max_seq_len, cfg.head_size, cfg.head_size, dtype, device)
+                cache = KVCache(max_batch_size, cfg.kv_heads, max_seq_len, cfg.head_size, cfg.head_size, dtype, device,
+                                kv_cache_dtype, decode_kernel)
             layer.self_attn.kv_cache = cache
         self._cache_len = max_seq_len
 

@@ -18,6 +18,8 @@ untied and its state dict holds both.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -51,9 +53,11 @@ class ModelAdapter(Adapter):
         return self.base_model.device
 
     def setup_caches(self, max_batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> None:
+                     device: torch.device | str | None = None, kv_cache_dtype: str | None = None,
+                     decode_kernel: Callable[..., torch.Tensor] | None = None) -> None:
         """A static cache for ``max_seq_len`` of the caller's tokens (plus the slots the virtual ones take)."""
-        self.base_model.setup_caches(max_batch_size, max_seq_len + self.cache_slots, dtype, device)
+        self.base_model.setup_caches(max_batch_size, max_seq_len + self.cache_slots, dtype, device, kv_cache_dtype,
+                                     decode_kernel)
 
     def clear_caches(self) -> None:
         self.base_model.clear_caches()

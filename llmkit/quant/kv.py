@@ -63,6 +63,18 @@ def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
     return codes, scale[..., 0]
 
 
+def store_kv(codes: torch.Tensor, scales: torch.Tensor, dim: int, index: torch.Tensor, x: torch.Tensor) -> None:
+    """Quantize rows ``x`` into a cache: ``codes``/``scales`` at positions ``index`` along ``dim``.
+
+    Args:
+        codes: (..., D) int8 or e4m3 cache; scales: its float32 scales, shaped like it without D.
+        dim: the cache's slot dimension; index: (T,) slots; x: rows shaped like ``codes`` with T slots.
+    """
+    q, s = quantize_kv(x, codes.dtype)
+    codes.view(torch.uint8).index_copy_(dim, index, q.view(torch.uint8))  # as bytes: no fp8 index_copy_ on CPU
+    scales.index_copy_(dim, index, s)
+
+
 def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """codes (..., D) * scale (...) in fp32, returned in ``dtype``: what the decode kernel computes."""
     return (codes.float() * scale[..., None]).to(dtype)
