@@ -81,7 +81,8 @@ async function loadModels() {
     select.replaceChildren();
     for (const m of (await r.json()).data) {
       const opt = document.createElement("option");
-      opt.value = opt.textContent = m.id;
+      opt.value = m.id;
+      opt.textContent = m.parent ? `${m.id} (LoRA on ${m.parent})` : m.id;
       select.appendChild(opt);
     }
     if (current) select.value = current;
