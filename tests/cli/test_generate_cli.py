@@ -60,6 +60,15 @@ def test_generate_seed_and_beams(tiny_dir, capsys):
     assert out == generate(model, tok, "Hello", num_beams=3, max_new_tokens=6).text + "\n"
 
 
+@pytest.mark.parametrize("kv", ["int8", "fp8"])
+def test_generate_with_a_quantized_kv_cache(tiny_dir, capsys, kv):
+    code, out, err = _run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "Hello there.", "--raw",
+                          "--temperature", "0", "--max_new_tokens", "12", "--kv-cache-dtype", kv)
+    assert code == 0, err
+    model, tok = load_model_and_tokenizer(tiny_dir)
+    assert out == generate(model, tok, "Hello there.", max_new_tokens=12, kv_cache_dtype=kv).text + "\n"
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--temperature", "-1"], "--temperature must be >= 0"),
     (["--top_p", "0"], "--top_p must be in (0, 1]"),
@@ -72,6 +81,7 @@ def test_generate_seed_and_beams(tiny_dir, capsys):
     (["--prompt", "Hello there. " * 60], "context"),
     (["--prompt", ""], "give a prompt"),
     (["--adapter", "/nonexistent/adapter"], "--adapter"),
+    (["--kv-cache-dtype", "int4"], "--kv_cache_dtype: 'int4' is not one of auto, int8, fp8"),
 ])
 def test_generate_bad_input_is_one_line_and_exit_code_2(tiny_dir, capsys, flags, message):
     base = ["generate", "--model", str(tiny_dir), "--prompt", "Hello"]
