@@ -127,8 +127,8 @@ class ToolCallStream:
         text = self.text
         if self.forced:
             return "", [(text, final)]
-        start = text.find(_OPEN)
-        if start < 0:
+        start = first = text.find(_OPEN)
+        if first < 0:  # no call (yet): all the text, but a tag's possible start and trailing spaces wait
             return (text, []) if final else (text[:len(text) - _held(text, _OPEN)].rstrip(), [])
         blocks = []
         while start >= 0:
@@ -140,7 +140,7 @@ class ToolCallStream:
                 break
             blocks.append((text[body_start:end], True))
             start = text.find(_OPEN, end + len(_CLOSE))
-        return text[:text.find(_OPEN)].rstrip(), blocks
+        return text[:first].rstrip(), blocks
 
     def _call_deltas(self, number: int, body: str, complete: bool) -> list[dict[str, Any]]:
         head = _HEAD.match(body)
