@@ -6,7 +6,7 @@ import torch
 
 from llmkit.engine import LLM, LLMEngine, SamplingParams, SpeculativeConfig
 from llmkit.peft import apply_lora, load_adapter, save_adapter
-from tests.engine.conftest import naive, run_arrivals, workload
+from tests.engine.conftest import naive, run_arrivals, tiny_model, workload
 
 ADAPTERS = {"qv": dict(target_modules=["q_proj", "v_proj"], r=4, alpha=8),
             "wide": dict(target_modules="all-linear", r=8, alpha=4, use_rslora=True)}
@@ -112,6 +112,15 @@ def test_bad_adapters_are_refused_by_name(tiny, tokenizer, adapters, tmp_path):
     make_adapter(other, tmp_path / "other", 0, target_modules=["q_proj"], r=2)
     with pytest.raises(ValueError, match="'other'.*do not fit"):
         engine_with(tiny, tokenizer, {"other": str(tmp_path / "other")})
+    make_adapter(tiny_model(tokenizer, n_layers=3), tmp_path / "deeper", 0, target_modules=["v_proj"], r=2)
+    with pytest.raises(ValueError, match="'deeper'.*targets model.layers.2.self_attn.v_proj, which the base"):
+        engine_with(tiny, tokenizer, {"deeper": str(tmp_path / "deeper")})
+    make_adapter(tiny, tmp_path / "dora", 0, target_modules=["q_proj"], r=2, use_dora=True)
+    with pytest.raises(ValueError, match="'dora'.*DoRA adapters are not supported"):
+        engine_with(tiny, tokenizer, {"dora": str(tmp_path / "dora")})
+    make_adapter(tiny, tmp_path / "head", 0, target_modules=["lm_head"], r=2)
+    with pytest.raises(ValueError, match="'head'.*not the output head"):
+        engine_with(tiny, tokenizer, {"head": str(tmp_path / "head")})
     engine = engine_with(tiny, tokenizer, adapters)
     with pytest.raises(ValueError, match="unknown LoRA adapter 'nope'"):
         engine.add_request("x", [1, 2, 3], lora_name="nope")
