@@ -173,8 +173,7 @@ def build_app(config: ServeConfig, load: Callable[[], AsyncLLMEngine]) -> FastAP
                 echoed: set[int] = set()
                 async for i, delta in state.stream(prompts, params, rid, lora_name=lora):
                     for index, o in acc.add(i, delta):
-                        news = _news(o, k, index, ended)
-                        if news or (body.echo and index not in echoed):
+                        if _news(o, k, index, ended) or (body.echo and index not in echoed):
                             text = o.text if index in echoed else echoes[i] + o.text
                             echoed.add(index)
                             offset = len(acc.choices[index].text) - len(o.text)
