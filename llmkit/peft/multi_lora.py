@@ -120,7 +120,7 @@ class MultiLoRALinear(nn.Module):
         if flat_x.shape[0] != self.mapping.num_tokens:
             raise RuntimeError(f"the LoRA mapping covers {self.mapping.num_tokens} tokens, the layer got "
                                f"{flat_x.shape[0]}")
-        out = result.reshape(-1, self.out_features).clone()  # (T, out)
+        out = result.reshape(-1, self.out_features)  # (T, out), the base layer's fresh output: added to in place
         for slot, rows in groups:
             xs = flat_x.index_select(0, rows).to(self.lora_a.dtype)  # (n, in)
             delta = (xs @ self.lora_a[slot].T) @ self.lora_b[slot].T * self.scaling[slot]  # (n, out)
