@@ -17,7 +17,8 @@ Batched computation, chosen for CPU: tokens are grouped by slot once per step
 the step, over that adapter's tokens only, then adds the result into its rows
 (``index_add_``). The alternative, gathering A/B per token (punica's BGMV),
 materialises a (T, r, in) weight tensor without a fused kernel; grouping costs
-nothing for base tokens and does the same flops as a single-LoRA forward.
+nothing for base tokens and does a single-LoRA forward's flops (each slot
+uses its own rank's slice of the padded stacks).
 Adapter weights are float32 and the input is cast to them, as in
 :class:`~llmkit.peft.lora.LoRALinear`, so a token's result equals the
 single-adapter wrapper's.
@@ -89,12 +90,12 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("lora_a", torch.zeros(0, 0, self.in_features, device=device))  # (S, r, in)
         self.register_buffer("lora_b", torch.zeros(0, self.out_features, 0, device=device))  # (S, out, r)
         self.register_buffer("scaling", torch.zeros(0, device=device))  # (S,)
-        self.present: list[bool] = []  # per slot: whether that adapter adapts this layer
+        self.ranks: list[int] = []  # per slot: that adapter's rank here (0: it does not adapt this layer)
 
     @torch.no_grad()
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
         """Put one adapter's A (r, in) and B (out, r) in ``slot``, growing the stacks as needed."""
-        slots, rank = max(slot + 1, len(self.present)), max(a.shape[0], self.lora_a.shape[1])
+        slots, rank = max(slot + 1, len(self.ranks)), max(a.shape[0], self.lora_a.shape[1])
         if (slots, rank) != (self.lora_a.shape[0], self.lora_a.shape[1]):
             grown_a = self.lora_a.new_zeros(slots, rank, self.in_features)
             grown_b = self.lora_b.new_zeros(slots, self.out_features, rank)
@@ -102,18 +103,18 @@ class MultiLoRALinear(nn.Module):
             grown_b[:self.lora_b.shape[0], :, :self.lora_b.shape[2]] = self.lora_b
             self.lora_a, self.lora_b = grown_a, grown_b
             self.scaling = torch.cat([self.scaling, self.scaling.new_zeros(slots - len(self.scaling))])
-            self.present += [False] * (slots - len(self.present))
+            self.ranks += [0] * (slots - len(self.ranks))
         r = a.shape[0]
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
         self.lora_a[slot, :r] = a
         self.lora_b[slot, :, :r] = b
         self.scaling[slot] = scaling
-        self.present[slot] = True
+        self.ranks[slot] = r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         result = self.base_layer(x)
-        groups = [(s, rows) for s, rows in self.mapping.groups if s < len(self.present) and self.present[s]]
+        groups = [(s, rows) for s, rows in self.mapping.groups if s < len(self.ranks) and self.ranks[s]]
         if not groups:
             return result
         flat_x = x.reshape(-1, self.in_features)  # (T, in)
@@ -123,12 +124,13 @@ class MultiLoRALinear(nn.Module):
         out = result.reshape(-1, self.out_features)  # (T, out), the base layer's fresh output: added to in place
         for slot, rows in groups:
             xs = flat_x.index_select(0, rows).to(self.lora_a.dtype)  # (n, in)
-            delta = (xs @ self.lora_a[slot].T) @ self.lora_b[slot].T * self.scaling[slot]  # (n, out)
+            r = self.ranks[slot]
+            delta = (xs @ self.lora_a[slot, :r].T) @ self.lora_b[slot, :, :r].T * self.scaling[slot]  # (n, out)
             out.index_add_(0, rows, delta.to(out.dtype))
         return out.view_as(result)
 
     def extra_repr(self) -> str:
-        return f"slots={len(self.present)}, max_rank={self.lora_a.shape[1]}"
+        return f"ranks={self.ranks}"
 
 
 def read_lora(directory: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
