@@ -54,7 +54,7 @@ def test_multiple_choice_table(capsys, checkpoint, tmp_path):
     (None, ["perplexity", "--data", "nosuchfile.txt"], "no such file or corpus 'nosuchfile.txt'"),
     (None, ["multiple-choice", "--data", "{d}/missing.jsonl"], "no such task file"),
     (None, ["perplexity"], "needs --data"),
-    (None, ["bleu"], "unknown task 'bleu'"),
+    (None, ["bogus"], "unknown task 'bogus'"),
 ])
 def test_bad_input_exits_2(capsys, checkpoint, tmp_path, make, argv, message):
     if make:
