@@ -8,13 +8,20 @@ sinks (the same cache size). Writes a PNG of the running perplexity per
 position bucket and prints a table; the numbers in docs/long-context.md come
 from this script.
 
+Memory: the process's resident set (``/proc/self/statm``) is logged with
+progress every 1,024 tokens and its maximum over each run printed; with a
+constant-size cache it stops growing once the cache is full. ``--chunk k``
+feeds k tokens per forward once the cache is full (see
+:class:`llmkit.longctx.StreamingLLM`): the long 100k-token runs use it.
+
     .venv/bin/python scripts/streaming_ppl.py [--model smollm2-135m-instruct] [--tokens 4096] \
-        [--window 252] [--out docs/images/streaming_ppl.png]
+        [--window 252] [--chunk 1] [--out docs/images/streaming_ppl.png]
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +42,11 @@ def stream_ids(tokenizer, corpus: str, n: int) -> torch.Tensor:
     return torch.tensor([ids[:n]])
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 @torch.no_grad()
 def full_nll(model, ids: torch.Tensor) -> torch.Tensor:
     logits = model(ids).float()[:, :-1]
@@ -49,6 +61,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=252, help="recent tokens kept (the sinks come on top)")
     p.add_argument("--sinks", type=int, default=4)
     p.add_argument("--bucket", type=int, default=256, help="positions per plotted point")
+    p.add_argument("--chunk", type=int, default=1, help="tokens per forward once the cache is full")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/images/streaming_ppl.png")
     args = p.parse_args()
@@ -61,9 +74,16 @@ def main() -> None:
     size = args.sinks + args.window
     for name, sinks in ((f"StreamingLLM ({args.sinks} sinks + {args.window})", args.sinks),
                         (f"sliding window ({size}, no sinks)", 0)):
-        start = time.perf_counter()
-        runs[name] = streaming_nll(model, ids, window=size - sinks, sinks=sinks)
-        print(f"{name}: {ids.shape[1] / (time.perf_counter() - start):.1f} tok/s, cache {size} slots", flush=True)
+        start, rss = time.perf_counter(), []
+
+        def progress(done: int) -> None:
+            rss.append(rss_mib())
+            print(f"  {name}: {done} tokens, {done / (time.perf_counter() - start):.1f} tok/s, "
+                  f"RSS {rss[-1]:.0f} MiB", flush=True)
+
+        runs[name] = streaming_nll(model, ids, window=size - sinks, sinks=sinks, chunk=args.chunk, progress=progress)
+        print(f"{name}: {ids.shape[1] / (time.perf_counter() - start):.1f} tok/s, cache {size} slots, "
+              f"RSS after 1k tokens {rss[0]:.0f} MiB, max {max(rss):.0f} MiB", flush=True)
 
     edges = list(range(0, ids.shape[1] - 1, args.bucket))
     print(f"\nperplexity per {args.bucket}-token bucket ({args.model}, {ids.shape[1]} tokens of {args.corpus})")
@@ -82,7 +102,8 @@ def main() -> None:
         ax.plot([e + args.bucket / 2 for e in edges], ppl, marker=".", label=name)
     ax.axvline(size, color="grey", ls=":", lw=1)
     ax.set(xlabel="position in the stream", ylabel=f"perplexity (per {args.bucket} tokens)", yscale="log",
-           title=f"{args.model}: streaming with a {size}-slot cache")
+           title=f"{args.model}: {ids.shape[1]:,} tokens, a {size}-slot cache"
+                 + (f", chunks of {args.chunk}" if args.chunk > 1 else ""))
     ax.legend()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -30,6 +30,8 @@ rounding becomes visible.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -140,13 +142,15 @@ class StreamingLLM:
         return generate_by_feeding(self.feed, prompt, max_new_tokens, sampling, generator)
 
 
-def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 4, chunk: int = 1) -> torch.Tensor:
+def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 4, chunk: int = 1,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Negative log-likelihood of every token of a long stream under StreamingLLM.
 
     Args:
         model: the language model.
         ids: (B, T) token ids.
         window, sinks, chunk: the cache and its step (see :class:`StreamingLLM`).
+        progress: called with the number of tokens fed so far after every block of them (logs, memory probes).
     Returns:
         (B, T - 1) float32: ``nll[:, t]`` = -log p(ids[:, t + 1] | the cache after ids[:, t]).
     """
@@ -156,4 +160,6 @@ def streaming_nll(model: CausalLM, ids: torch.Tensor, window: int, sinks: int = 
         targets = ids[:, start + 1:start + _SCORE_BLOCK + 1]
         logits = stream.feed(ids[:, start:start + targets.shape[1]]).float()
         nll.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))
+        if progress is not None:
+            progress(start + targets.shape[1])
     return torch.cat(nll, dim=1)
