@@ -249,12 +249,12 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between ``<!-- quant-table -->`` and ``<!-- /quant-table -->`` in ``path``."""
-    start, end = "<!-- quant-table -->", "<!-- /quant-table -->"
+def write_between_markers(path: Path, text: str, marker: str = "quant-table") -> None:
+    """Replace what lies between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``path``."""
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
     doc = path.read_text()
     if start not in doc or end not in doc:
-        print(f"{path}: no quant-table markers; table not written there", flush=True)
+        print(f"{path}: no {marker} markers; table not written there", flush=True)
         return
     head, rest = doc.split(start, 1)
     path.write_text(f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}")
