@@ -174,3 +174,21 @@ def test_bad_shapes_are_refused():
     q = torch.zeros(1, 4, 8, 8)
     with pytest.raises(ValueError, match="bad shapes"):
         ring_attention(q, torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("method, world, overrides, message", [
+    ("ulysses", 3, {}, "3 ranks to divide the model's 4 attention heads"),
+    ("ring", 2, {"sliding_window": 8}, "not sliding_window"),
+    ("zigzag", 2, {}, "method must be one of"),
+])
+def test_unsupported_setups_are_refused(method, world, overrides, message):
+    from llmkit.parallel import check_sequence_parallel
+
+    cfg = ModelConfig(vocab_size=37, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=48, **overrides)
+    with pytest.raises(ValueError, match=message):
+        check_sequence_parallel(cfg, method, world)
+
+
+def test_train_config_refuses_compile_with_sequence_parallel():
+    with pytest.raises(ValueError, match="sequence_parallel.*compile"):
+        TrainConfig(sequence_parallel="ring", compile=True).validate()
