@@ -7,7 +7,8 @@ those log-probs from a model live apart from them.
 - ``dpo.py``: :func:`dpo_loss` with every ``loss_type`` of :data:`DPO_LOSSES`.
 - ``orpo.py`` / ``simpo.py`` / ``kto.py``: reference-free and unpaired variants.
 - ``reward.py``: the Bradley-Terry :func:`reward_loss`.
-- ``ppo.py``: GAE, clipped policy and value losses, entropy bonus, KL-penalised rewards, adaptive KL.
+- ``ppo.py``: GAE, clipped policy and value losses, entropy bonus, KL-penalised rewards, adaptive KL;
+  ``rlhf.py``: the PPO loop's objective (rollouts, value head on the policy, the KL controller).
 - ``grpo.py``: group-relative advantages and the GRPO/BNPO/Dr. GRPO/DAPO losses.
 - ``distill.py``: forward/reverse KL and generalised JSD distillation, GKD's on-policy mix.
 - ``ops.py``: masked means and token log-probs shared by all of them.

@@ -8,11 +8,19 @@ conversation of the same kind (a wrong title, the continuation of a different
 passage), so the preference is about content, not style or length.
 
 **Arithmetic** (``arithmetic``) is a verifiable task for GRPO and best-of-n:
-"What is 47 + 38?" with the instruction to end with ``Answer: <number>``.
-:func:`arithmetic_reward` gives 1 for the right number in that form plus
-``FORMAT_REWARD`` for the form alone, so a model first learns the format, then
-the sums. Problems are drawn from a seeded generator; the validation split
-uses another seed, and a problem in both splits is dropped from validation.
+"What is 47 + 38?" (operands 1..49, sums only) after one worked example in
+the exact answer format (a previous user/assistant turn: ``12 + 7 = 19`` then
+``Answer: 19``). The task is sized for a 135M-parameter instruct model:
+SmolLM2-135M-Instruct answers about a third correctly greedily and about one
+in eight at temperature 1, so a group of 8 samples usually holds both right
+and wrong answers and GRPO's advantages are not all zero (the harder
+two-digit sums and differences without an example scored 0 on every rollout).
+:func:`arithmetic_reward` pays 1 for a correct final number read leniently
+(the last ``Answer: N``, else ``\\boxed{N}``, else ``= N``, else the last number)
+plus ``FORMAT_REWARD`` for the strict ``Answer: N`` form, so correctness is
+rewarded however the model writes it while the format is still taught.
+Problems are drawn from a seeded generator; the validation split uses
+another seed, and a problem in both splits is dropped from validation.
 """
 from __future__ import annotations
 
@@ -25,6 +33,12 @@ from llmkit.data.chat import load_chat_set
 PREFERENCE_SETS = {"austen-prefs": "austen-chat", "shakespeare-prefs": "shakespeare-chat"}
 FORMAT_REWARD = 0.1
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
+EQUALS = re.compile(r"=\s*(-?\d+)")
+NUMBER = re.compile(r"-?\d+")
+_QUESTION = "What is {a} + {b}? End your reply with 'Answer: <number>'."
+EXAMPLE = [{"role": "user", "content": _QUESTION.format(a=12, b=7)},
+           {"role": "assistant", "content": "12 + 7 = 19\nAnswer: 19"}]  # the worked example before every problem
 _KIND = re.compile(r"^\W*(\w+(?:\s+\w+){0,2})")  # the first words of a question: its kind
 
 
@@ -48,12 +62,10 @@ def preference_set(name: str, split: str = "train", seed: int = 0) -> list[dict[
     return out
 
 
-def arithmetic_set(n: int, split: str = "train", digits: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` addition/subtraction problems ``{"prompt", "answer", "where"}`` of ``digits``-digit numbers."""
-    def draw(rng: random.Random) -> tuple[int, str, int]:
-        a, b = rng.randrange(10 ** (digits - 1), 10 ** digits), rng.randrange(10 ** (digits - 1), 10 ** digits)
-        op = rng.choice("+-")
-        return a, op, b
+def arithmetic_set(n: int, split: str = "train", max_operand: int = 49, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` sums ``{"prompt", "answer", "where"}`` of operands in 1..``max_operand``, after :data:`EXAMPLE`."""
+    def draw(rng: random.Random) -> tuple[int, int]:
+        return rng.randint(1, max_operand), rng.randint(1, max_operand)
 
     train_rng = random.Random(seed)
     train = [draw(train_rng) for _ in range(n)]
@@ -61,21 +73,28 @@ def arithmetic_set(n: int, split: str = "train", digits: int = 2, seed: int = 0)
         problems = train
     elif split == "val":
         seen, rng, problems = set(train), random.Random(seed + 1), []
+        if n > max_operand ** 2 - len(seen):
+            raise ValueError(f"arithmetic_set: {n} validation sums do not fit beside {len(seen)} training ones")
         while len(problems) < n:
             p = draw(rng)
             if p not in seen:
                 problems.append(p)
     else:
         raise ValueError(f"split={split!r}: must be train or val")
-    return [{"prompt": [{"role": "user", "content": f"What is {a} {op} {b}? End your reply with 'Answer: <number>'."}],
-             "answer": str(a + b if op == "+" else a - b), "where": f"arithmetic/{split}:{i + 1}"}
-            for i, (a, op, b) in enumerate(problems)]
+    return [{"prompt": [*EXAMPLE, {"role": "user", "content": _QUESTION.format(a=a, b=b)}],
+             "answer": str(a + b), "where": f"arithmetic/{split}:{i + 1}"} for i, (a, b) in enumerate(problems)]
+
+
+def parse_answer(completion: str) -> str | None:
+    """The final number of a reply, read leniently: last ``Answer: N``, else ``\\boxed{N}``, ``= N``, any number."""
+    for pattern in (ANSWER, BOXED, EQUALS, NUMBER):
+        found = pattern.findall(completion)
+        if found:
+            return found[-1]
+    return None
 
 
 def arithmetic_reward(completion: str, answer: str) -> float:
-    """1 + FORMAT_REWARD for ``Answer: <answer>`` as the last answer line, FORMAT_REWARD for the form alone."""
-    found = ANSWER.findall(completion)
-    if not found:
-        return 0.0
-    return FORMAT_REWARD + (1.0 if found[-1] == answer else 0.0)
-
+    """1 for the right final number (:func:`parse_answer`) + FORMAT_REWARD for the strict ``Answer: N`` form."""
+    fmt = FORMAT_REWARD if ANSWER.search(completion) else 0.0
+    return fmt + (1.0 if parse_answer(completion) == answer else 0.0)

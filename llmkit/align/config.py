@@ -16,13 +16,14 @@ from llmkit.align.grpo import GRPOLossType, ScaleRewards
 from llmkit.train.config import DType, Schedule, _help
 from llmkit.validate import check_choices
 
-Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "grpo", "distill", "best-of-n"]
+Method = Literal["reward", "dpo", "orpo", "simpo", "kto", "ppo", "grpo", "distill", "best-of-n"]
 DPOLossType = Literal["sigmoid", "robust", "hinge", "ipo", "exo_pair", "bco_pair", "sppo_hard", "nca_pair",
                       "apo_zero", "apo_down", "sigmoid_norm"]
 PEFT = Literal["lora", "none"]
-DEFAULT_DATA = {"grpo": "arithmetic", "best-of-n": "arithmetic", "distill": "austen-chat"}  # others: austen-prefs
-DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "grpo": 0.0, "reward": 0.0, "distill": 0.0,
-                "best-of-n": 0.0}
+DEFAULT_DATA = {"ppo": "arithmetic", "grpo": "arithmetic", "best-of-n": "arithmetic",
+                "distill": "austen-chat"}  # others: austen-prefs
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "kto": 0.1, "ppo": 0.05, "grpo": 0.0, "reward": 0.0,
+                "distill": 0.0, "best-of-n": 0.0}
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,21 @@ class AlignConfig:
     desirable_weight: float = field(default=1.0, metadata=_help("kto: weight of desirable examples"))
     undesirable_weight: float = field(default=1.0, metadata=_help("kto: weight of undesirable examples"))
     group_size: int = field(default=4, metadata=_help("grpo, best-of-n: completions sampled per prompt"))
-    max_new_tokens: int = field(default=32, metadata=_help("grpo: tokens per sampled completion at most"))
+    max_new_tokens: int = field(default=32, metadata=_help("ppo, grpo: tokens per sampled completion at most"))
     temperature: float = field(default=1.0, metadata=_help(
-        "grpo: sampling temperature of the rollouts; distill: of the softmaxes and the student's samples"))
+        "ppo, grpo: sampling temperature of the rollouts; distill: of the softmaxes and the student's samples"))
     reward_model: str = field(default="", metadata=_help(
-        "best-of-n: score with the reward model of this `llmkit align reward` out_dir; empty: verify answers"))
+        "ppo, best-of-n: score with the reward model of this `llmkit align reward` out_dir; empty: verify answers"))
+    cliprange: float = field(default=0.2, metadata=_help("ppo: the policy ratio is clipped to 1 +- this"))
+    cliprange_value: float = field(default=0.2, metadata=_help("ppo: a value moves at most this from the rollout's"))
+    vf_coef: float = field(default=0.1, metadata=_help("ppo: weight of the value loss"))
+    ent_coef: float = field(default=0.0, metadata=_help("ppo: weight of the entropy bonus"))
+    discount: float = field(default=1.0, metadata=_help("ppo: GAE's gamma (per-token discount)"))
+    lam: float = field(default=0.95, metadata=_help("ppo: GAE's lambda"))
+    kl_target: float = field(default=6.0, metadata=_help("ppo: KL (nats per completion) the adaptive controller holds"))
+    kl_horizon: int = field(default=10000, metadata=_help("ppo: samples over which the controller corrects an error"))
+    ppo_epochs: int = field(default=1, metadata=_help(
+        "ppo: optimizer steps on each rollout (must divide save_every and max_steps)"))
     min_score: float | None = field(default=None, metadata=_help(
         "best-of-n: keep a prompt's best sample only at or above this score (default: a correct answer)"))
     lmbda: float = field(default=0.0, metadata=_help("distill: share of steps on student-sampled completions (GKD)"))
@@ -107,7 +118,7 @@ class AlignConfig:
         """Check the fields; raise ``ValueError`` naming the first bad one. Returns self."""
         check_choices(self)
         for name in ("r", "max_steps", "batch_size", "grad_accum", "seq_len", "eval_batches", "max_new_tokens",
-                     "n_prompts"):
+                     "n_prompts", "ppo_epochs", "kl_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AlignConfig.{name}={getattr(self, name)}: must be >= 1")
         for name in ("warmup_steps", "eval_every", "save_every", "samples", "label_smoothing", "lora_dropout"):
@@ -115,12 +126,21 @@ class AlignConfig:
                 raise ValueError(f"AlignConfig.{name}={getattr(self, name)}: must be >= 0")
         if self.method in ("grpo", "best-of-n") and self.group_size < 2:
             raise ValueError(f"AlignConfig.group_size={self.group_size}: {self.method} needs >= 2 samples per prompt")
+        if self.method == "ppo":
+            if self.max_steps % self.ppo_epochs or self.save_every % self.ppo_epochs:
+                raise ValueError(f"AlignConfig.ppo_epochs={self.ppo_epochs}: must divide max_steps ({self.max_steps}) "
+                                 f"and save_every ({self.save_every}), so checkpoints fall between rollouts")
+            for name in ("cliprange", "cliprange_value", "kl_target"):
+                if getattr(self, name) <= 0:
+                    raise ValueError(f"AlignConfig.{name}={getattr(self, name)}: must be > 0")
+            if not (0 <= self.lam <= 1 and 0 <= self.discount <= 1) or self.vf_coef < 0 or self.ent_coef < 0:
+                raise ValueError("AlignConfig: ppo needs lam and discount in [0, 1], vf_coef and ent_coef >= 0")
         if self.method == "distill":
             if not self.teacher:
                 raise ValueError("AlignConfig.teacher='': distill needs a teacher model")
             if not (0.0 <= self.method_beta <= 1.0 and 0.0 <= self.lmbda <= 1.0):
                 raise ValueError(f"AlignConfig.beta={self.beta}, lmbda={self.lmbda}: distill needs both in [0, 1]")
-        elif self.method_beta < 0 or (self.method not in ("grpo", "reward", "best-of-n") and self.method_beta == 0):
+        elif self.method_beta < 0 or (self.method not in ("ppo", "grpo", "reward", "best-of-n") and self.method_beta == 0):
             raise ValueError(f"AlignConfig.beta={self.beta}: must be > 0 for {self.method}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"AlignConfig.lr={self.lr}: must be > 0")

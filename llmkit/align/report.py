@@ -17,11 +17,11 @@ from typing import Any
 from llmkit.io.atomic import atomic_write_text
 
 PANELS = {
-    "loss": ("loss", "val_loss"),
+    "loss": ("loss", "val_loss", "policy_loss", "value_loss"),
     "reward": ("reward", "reward_chosen", "reward_rejected", "margin", "val_reward", "val_reward_chosen",
                "val_reward_rejected", "val_margin"),
     "accuracy": ("accuracy", "reward_acc", "val_accuracy", "val_reward_acc", "val_pref_acc"),
-    "KL / length": ("kl", "val_kl", "completion_len"),
+    "KL / length": ("kl", "val_kl", "kl_coef", "completion_len"),
 }
 
 

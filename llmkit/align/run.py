@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmkit.align.best_of_n import best_of_n, load_reward_model, reward_model_scorer
+from llmkit.align.best_of_n import Scorer, best_of_n, load_reward_model, reward_model_scorer, verifier_scores
 from llmkit.align.builtin import PREFERENCE_SETS, arithmetic_reward, arithmetic_set, preference_set
 from llmkit.align.config import AlignConfig
 from llmkit.align.data import (DataError, encode_completions, encode_kto, encode_pairs, read_kto, read_preferences,
@@ -39,6 +39,7 @@ from llmkit.align.objectives import KTOObjective, PreferenceObjective, RewardObj
 from llmkit.align.online import DistillObjective, GRPOObjective, RewardFn, sample
 from llmkit.align.report import plot_align_curves, write_report
 from llmkit.align.reward import RewardModel
+from llmkit.align.rlhf import PPOObjective, attach_value_head
 from llmkit.align.trainer import AlignTrainer
 from llmkit.data import read_conversations
 from llmkit.data.chat import CHAT_SETS, load_chat_set
@@ -69,7 +70,7 @@ def load_records(cfg: AlignConfig) -> Records:
     if cfg.method == "distill" and name in CHAT_SETS:
         return Records(*(_completions(load_chat_set(name, split), f"{name}/{split}") for split in ("train", "val")),
                        name)
-    if cfg.method in ("grpo", "best-of-n") and name == "arithmetic":
+    if cfg.method in ("ppo", "grpo", "best-of-n") and name == "arithmetic":
         return Records(arithmetic_set(cfg.n_prompts, "train", seed=cfg.seed),
                        arithmetic_set(VAL_PROMPTS, "val", seed=cfg.seed), name)
     if name in PREFERENCE_SETS:
@@ -80,7 +81,7 @@ def load_records(cfg: AlignConfig) -> Records:
             train, val = _unpair(train), _unpair(val)
         return Records(train, val, name)
     readers = {"distill": lambda path: _completions(read_conversations(path), str(path)), "kto": read_kto,
-               "grpo": read_prompts, "best-of-n": read_prompts}
+               "ppo": read_prompts, "grpo": read_prompts, "best-of-n": read_prompts}
     reader = readers.get(cfg.method, read_preferences)
     train = reader(name)
     if cfg.val_data:
@@ -127,6 +128,8 @@ def build_policy(cfg: AlignConfig, tokenizer: Any = None) -> tuple[nn.Module, An
         model = apply_lora(model, "all-linear", cfg.r, cfg.alpha, cfg.lora_dropout)
         if cfg.method == "reward":
             model.score.requires_grad_(True)  # the new head trains in full
+    if cfg.method == "ppo":
+        attach_value_head(model, cfg.method_beta)  # after LoRA: the head trains in full
     return model, tokenizer, source
 
 
@@ -137,7 +140,7 @@ def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: Re
     ``reward_fn(record, text)`` scores GRPO's completions; default: :func:`arithmetic_reward` against the
     record's ``answer``.
     """
-    needs_ref = cfg.method in ("dpo", "kto", "grpo")
+    needs_ref = cfg.method in ("dpo", "kto", "ppo", "grpo")
     ref = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref and cfg.peft == "none" else None
     beta = cfg.method_beta
     if cfg.method == "reward":
@@ -150,17 +153,35 @@ def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: Re
                                    cfg.eval_batches)
     if cfg.method == "kto":
         return KTOObjective(beta, cfg.desirable_weight, cfg.undesirable_weight, ref, cfg.eval_batches)
+    if cfg.method == "ppo":
+        return PPOObjective(tokenizer, ppo_scorer(cfg, model, tokenizer, reward_fn), cfg.max_new_tokens, cfg.temperature,
+                            cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, cfg.ent_coef, cfg.discount, cfg.lam,
+                            cfg.kl_target, cfg.kl_horizon, cfg.ppo_epochs, cfg.seq_len, cfg.seed, ref,
+                            cfg.eval_batches)
     reward_fn = reward_fn or (lambda rec, text: arithmetic_reward(text, rec["answer"] or ""))
     return GRPOObjective(tokenizer, reward_fn, cfg.group_size,
                          cfg.max_new_tokens, cfg.temperature, beta, cfg.epsilon_low, cfg.epsilon_high,
                          cfg.grpo_loss_type, cfg.scale_rewards, cfg.seq_len, cfg.seed, ref, cfg.eval_batches)
 
 
+def ppo_scorer(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: RewardFn | None) -> Scorer:
+    """PPO's sequence scores: ``reward_fn``, else the reward model of ``cfg.reward_model``, else the verifier."""
+    if reward_fn is not None:
+        return lambda records, texts, ids: [reward_fn(r, t) for r, t in zip(records, texts)]
+    if not cfg.reward_model:
+        return verifier_scores
+    rm = load_reward_model(cfg.reward_model)
+    if rm.cfg.vocab_size != model.cfg.vocab_size:
+        raise ValueError(f"--reward_model {cfg.reward_model}: vocabulary {rm.cfg.vocab_size} != the policy's "
+                         f"{model.cfg.vocab_size}; the reward model must share the policy's tokenizer")
+    return reward_model_scorer(rm, tokenizer, cfg.seq_len)
+
+
 def build_data(cfg: AlignConfig, records: Records, tokenizer) -> tuple[Data, list[Any]]:
     """(the Trainer's data, the held-out batches)."""
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
     bs = cfg.batch_size
-    if cfg.method == "grpo":
+    if cfg.method in ("ppo", "grpo"):
         items, val = records.train, records.val
         collate = list
     elif cfg.method == "distill":  # (prompt ids, completion ids, prompt messages) for on-policy sampling

@@ -1,4 +1,7 @@
-"""``llmkit align METHOD --model M --data D [--peft lora|none] [...]``: reward, dpo, orpo, simpo, kto, grpo.
+"""``llmkit align METHOD --model M --data D [--peft lora|none] [...]``: reward, dpo, orpo, simpo, kto, ppo, grpo, distill.
+
+``llmkit align ppo --reward-model RM_DIR`` trains against an ``llmkit align reward`` run (without it: the
+arithmetic verifier).
 
 The flags are :class:`~llmkit.align.config.AlignConfig`'s fields (``--config
 RECIPE.yaml`` supplies the same fields; flags override it), METHOD is its

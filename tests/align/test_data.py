@@ -8,7 +8,7 @@ import torch
 
 from llmkit import CausalLM
 from llmkit.align import RewardModel
-from llmkit.align.builtin import arithmetic_reward, arithmetic_set
+from llmkit.align.builtin import EXAMPLE, arithmetic_reward, arithmetic_set
 from llmkit.align.data import DataError, encode_pairs, read_kto, read_preferences, read_prompts
 from llmkit.align.logps import completion_logps, reference_logps
 from llmkit.align.objectives import last_token_lengths
@@ -81,11 +81,15 @@ def test_a_prompt_longer_than_the_context_is_an_error(tiny_dir, tmp_path):
 
 def test_arithmetic_set_and_reward():
     train, val = arithmetic_set(50, "train"), arithmetic_set(20, "val")
-    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in val}
-    a, op, b = train[0]["prompt"][0]["content"].split()[2:5]
-    assert int(train[0]["answer"]) == (int(a) + int(b[:-1]) if op == "+" else int(a) - int(b[:-1]))
-    assert arithmetic_reward("12 + 3 = 15.\nAnswer: 15", "15") == pytest.approx(1.1)
-    assert arithmetic_reward("Answer: 14", "15") == pytest.approx(0.1)
+    assert not {r["prompt"][-1]["content"] for r in train} & {r["prompt"][-1]["content"] for r in val}
+    assert all(r["prompt"][:2] == EXAMPLE for r in train + val)  # the worked example in the answer format
+    a, op, b = train[0]["prompt"][-1]["content"].split()[2:5]
+    assert op == "+" and int(train[0]["answer"]) == int(a) + int(b[:-1])
+    assert arithmetic_reward("12 + 3 = 15.\nAnswer: 15", "15") == pytest.approx(1.1)  # right, strict form
+    assert arithmetic_reward("Answer: 14", "15") == pytest.approx(0.1)  # the form alone
+    for lenient in ("12 + 3 = 15", "so \\boxed{15}", "It is 15.", "Answer: 16\nsorry, Answer: 15"):
+        assert arithmetic_reward(lenient, "15") >= 1.0, lenient
+    assert arithmetic_reward("12 + 3 = 15, no: Answer: 14", "15") == pytest.approx(0.1)  # the Answer line wins
     assert arithmetic_reward("fifteen", "15") == 0.0
 
 
