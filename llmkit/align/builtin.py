@@ -19,8 +19,8 @@ two-digit sums and differences without an example scored 0 on every rollout).
 (the last ``Answer: N``, else ``\\boxed{N}``, else ``= N``, else the last number)
 plus ``FORMAT_REWARD`` for the strict ``Answer: N`` form, so correctness is
 rewarded however the model writes it while the format is still taught.
-Problems are drawn from a seeded generator; the validation split uses
-another seed, and a problem in both splits is dropped from validation.
+The pairs of operands are split once by a seeded shuffle (a fifth held
+out), so no validation problem is ever trained on, whatever the set sizes.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from llmkit.data.chat import load_chat_set
 
 PREFERENCE_SETS = {"austen-prefs": "austen-chat", "shakespeare-prefs": "shakespeare-chat"}
 FORMAT_REWARD = 0.1
+VAL_SHARE = 0.2  # of the arithmetic problems, held out
 ANSWER = re.compile(r"Answer:\s*(-?\d+)")
 BOXED = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 EQUALS = re.compile(r"=\s*(-?\d+)")
@@ -63,24 +64,18 @@ def preference_set(name: str, split: str = "train", seed: int = 0) -> list[dict[
 
 
 def arithmetic_set(n: int, split: str = "train", max_operand: int = 49, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` sums ``{"prompt", "answer", "where"}`` of operands in 1..``max_operand``, after :data:`EXAMPLE`."""
-    def draw(rng: random.Random) -> tuple[int, int]:
-        return rng.randint(1, max_operand), rng.randint(1, max_operand)
+    """``n`` sums ``{"prompt", "answer", "where"}`` of operands in 1..``max_operand``, after :data:`EXAMPLE`.
 
-    train_rng = random.Random(seed)
-    train = [draw(train_rng) for _ in range(n)]
-    if split == "train":
-        problems = train
-    elif split == "val":
-        seen, rng, problems = set(train), random.Random(seed + 1), []
-        if n > max_operand ** 2 - len(seen):
-            raise ValueError(f"arithmetic_set: {n} validation sums do not fit beside {len(seen)} training ones")
-        while len(problems) < n:
-            p = draw(rng)
-            if p not in seen:
-                problems.append(p)
-    else:
+    Every pair is in one split only: the pairs are shuffled by ``seed`` and the last ``VAL_SHARE`` of them
+    are the validation pool, whatever ``n`` is; ``n`` beyond a pool repeats its problems.
+    """
+    if split not in ("train", "val"):
         raise ValueError(f"split={split!r}: must be train or val")
+    pairs = [(a, b) for a in range(1, max_operand + 1) for b in range(1, max_operand + 1)]
+    random.Random(seed).shuffle(pairs)
+    cut = len(pairs) - max(1, int(len(pairs) * VAL_SHARE))
+    pool = pairs[:cut] if split == "train" else pairs[cut:]
+    problems = [pool[i % len(pool)] for i in range(n)]
     return [{"prompt": [*EXAMPLE, {"role": "user", "content": _QUESTION.format(a=a, b=b)}],
              "answer": str(a + b), "where": f"arithmetic/{split}:{i + 1}"} for i, (a, b) in enumerate(problems)]
 

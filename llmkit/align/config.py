@@ -140,7 +140,8 @@ class AlignConfig:
                 raise ValueError("AlignConfig.teacher='': distill needs a teacher model")
             if not (0.0 <= self.method_beta <= 1.0 and 0.0 <= self.lmbda <= 1.0):
                 raise ValueError(f"AlignConfig.beta={self.beta}, lmbda={self.lmbda}: distill needs both in [0, 1]")
-        elif self.method_beta < 0 or (self.method not in ("ppo", "grpo", "reward", "best-of-n") and self.method_beta == 0):
+        elif self.method_beta < 0 or (self.method not in ("ppo", "grpo", "reward", "best-of-n")
+                                      and self.method_beta == 0):
             raise ValueError(f"AlignConfig.beta={self.beta}: must be > 0 for {self.method}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"AlignConfig.lr={self.lr}: must be > 0")

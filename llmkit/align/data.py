@@ -186,10 +186,17 @@ def encode_completions(records: list[dict[str, Any]], tokenizer: ChatTokenizer,
         prompt = encode_prompt(tokenizer, rec, max_len)
         full = tokenizer.apply_chat_template(rec["prompt"] + [{"role": "assistant", "content": rec["completion"]}],
                                              add_generation_prompt=False, tokenize=True)
-        if full[:len(prompt)] != prompt:
+        if full[:len(prompt)] == prompt:
+            out.append((prompt, full[len(prompt):]))
+            continue
+        # the tokens straddle the boundary (a reply starting with spaces merges with the header's newline):
+        # the reply's text after the rendered prompt, tokenised alone
+        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False) for m, g in
+                 ((rec["prompt"], True), (rec["prompt"] + [{"role": "assistant", "content": rec["completion"]}], False))]
+        if not texts[1].startswith(texts[0]):
             raise _fail(rec.get("where", "<data>"), "prompt",
                         "the chat template renders it differently before an answer")
-        out.append((prompt, full[len(prompt):]))
+        out.append((prompt, tokenizer.encode(texts[1][len(texts[0]):], add_special_tokens=False)))
     return out
 
 

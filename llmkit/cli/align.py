@@ -1,4 +1,4 @@
-"""``llmkit align METHOD --model M --data D [--peft lora|none] [...]``: reward, dpo, orpo, simpo, kto, ppo, grpo, distill.
+"""``llmkit align METHOD --model M --data D [--peft lora|none] [...]``: reward, dpo ... ppo, grpo, distill.
 
 ``llmkit align ppo --reward-model RM_DIR`` trains against an ``llmkit align reward`` run (without it: the
 arithmetic verifier).
