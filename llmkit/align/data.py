@@ -191,8 +191,9 @@ def encode_completions(records: list[dict[str, Any]], tokenizer: ChatTokenizer,
             continue
         # the tokens straddle the boundary (a reply starting with spaces merges with the header's newline):
         # the reply's text after the rendered prompt, tokenised alone
-        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False) for m, g in
-                 ((rec["prompt"], True), (rec["prompt"] + [{"role": "assistant", "content": rec["completion"]}], False))]
+        reply = {"role": "assistant", "content": rec["completion"]}
+        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False)
+                 for m, g in ((rec["prompt"], True), (rec["prompt"] + [reply], False))]
         if not texts[1].startswith(texts[0]):
             raise _fail(rec.get("where", "<data>"), "prompt",
                         "the chat template renders it differently before an answer")

@@ -155,8 +155,8 @@ def build_objective(cfg: AlignConfig, model: nn.Module, tokenizer, reward_fn: Re
         return KTOObjective(beta, cfg.desirable_weight, cfg.undesirable_weight, ref, cfg.eval_batches)
     if cfg.method == "ppo":
         return PPOObjective(tokenizer, ppo_scorer(cfg, model, tokenizer, reward_fn), cfg.max_new_tokens,
-                            cfg.temperature, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, cfg.ent_coef, cfg.discount, cfg.lam,
-                            cfg.kl_target, cfg.kl_horizon, cfg.ppo_epochs, cfg.seq_len, cfg.seed, ref,
+                            cfg.temperature, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, cfg.ent_coef,
+                            cfg.discount, cfg.lam, cfg.kl_target, cfg.kl_horizon, cfg.ppo_epochs, cfg.seq_len, cfg.seed, ref,
                             cfg.eval_batches)
     reward_fn = reward_fn or (lambda rec, text: arithmetic_reward(text, rec["answer"] or ""))
     return GRPOObjective(tokenizer, reward_fn, cfg.group_size,
