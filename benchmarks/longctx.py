@@ -12,11 +12,18 @@ standard passkey prompts (llmkit.eval.passkey) at several needle depths:
 - InfLLM and kNN attention (a local window of half the budget, chunks of 1/8, the rest retrieved).
 
 Prints one table: accuracy, the most keys one query attends to, the KV tokens
-held at the end, and prompt+answer tokens per second (a shared CPU makes the
-last column noisy; compare within one run).
+held at the end, the peak memory of tensors created while answering the first
+prompt (:class:`llmkit.parallel.PeakMemory`, measured in a separate run so it
+does not slow the timed ones; the weights are not counted), and prompt+answer
+tokens per second (a shared CPU makes the last column noisy; compare within
+one run, on an idle machine). Prompts longer than the model's context
+(``--length`` beyond it) are the point of the methods; full attention then
+reports ``beyond context`` instead of an answer.
 
     .venv/bin/python benchmarks/longctx.py [--model smollm2-135m-instruct] [--context 512] [--length 2048] \
         [--depths 0.1 0.5 0.9] [--trials 1]
+    # beyond SmolLM2's 8,192-token context (hours on a 2-core CPU; minutes on a GPU):
+    .venv/bin/python benchmarks/longctx.py --length 12288 --context 2048 --depths 0.1 0.5 0.9 --trials 2
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import torch
 from llmkit.eval.passkey import KEY_DIGITS, QUESTION, answer_key, passkey_prompt
 from llmkit.generate import generate_tokens, load_model_and_tokenizer
 from llmkit.longctx import StreamingLLM, infllm, knn_attention, nbce_generate, pcw_generate
+from llmkit.parallel import PeakMemory
 
 NEW = KEY_DIGITS + 3  # answer tokens
 
@@ -95,8 +103,11 @@ def main() -> None:
 
     print(f"{args.model}: passkey prompts of {args.length} tokens, budget {args.context} tokens, "
           f"depths {args.depths} x {args.trials} trial(s)")
-    print("| method | accuracy | keys per query (max) | KV tokens held | tok/s |\n|---|---|---|---|---|")
+    print("| method | accuracy | keys per query (max) | KV tokens held | peak MiB | tok/s |\n|---|---|---|---|---|---|")
     for name in args.methods:
+        if name == "full attention" and args.length + NEW > model.cfg.max_seq_len:
+            print(f"| {name} | beyond context ({model.cfg.max_seq_len}) | | | | |", flush=True)
+            continue
         hits, attended, held, tokens = 0, 0, 0, 0
         start = time.perf_counter()
         with torch.no_grad():
@@ -105,7 +116,10 @@ def main() -> None:
                 hits += answer_key(tokenizer.decode(out)) == key
                 attended, held, tokens = max(attended, a), max(held, h), tokens + len(doc) + len(question) + NEW
         rate = tokens / (time.perf_counter() - start)
-        print(f"| {name} | {hits}/{len(prompts)} | {attended} | {held} | {rate:.0f} |", flush=True)
+        with torch.no_grad(), PeakMemory() as mem:
+            run_method(name, model, *prompts[0][:2], args.context)
+        print(f"| {name} | {hits}/{len(prompts)} | {attended} | {held} | {mem.peak / 2**20:.0f} | {rate:.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
