@@ -145,6 +145,19 @@ def test_static_cache_logits_close_to_unquantized(name):
     assert 0 < err < {"int8": 0.5, "fp8": 1.5}[name]
 
 
+def test_beam_search_and_prompt_tuning_decode_with_a_quantized_cache():
+    from llmkit.peft.prompt import VirtualTokenLM
+
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(**BASE)).eval()
+    ids = torch.randint(0, 61, (1, 12))
+    beams = generate_tokens(model, ids, max_new_tokens=6, num_beams=3, kv_cache_dtype="fp8")
+    assert len(beams.token_ids[0]) == 6 and model._caches()[0].k.dtype == torch.float8_e4m3fn
+    tuned = VirtualTokenLM(model, n_virtual=4).eval()
+    assert len(generate_tokens(tuned, ids, max_new_tokens=4, kv_cache_dtype="int8").token_ids[0]) == 4
+    assert model._caches()[0].k.dtype == torch.int8
+
+
 @pytest.mark.slow
 def test_compiled_int8_decode_equals_eager():
     torch.manual_seed(0)
