@@ -1,6 +1,7 @@
 """Held-out accuracy on the built-in arithmetic task, greedy, with a 95% interval (docs/alignment.md, GRPO).
 
-    python scripts/align_grpo_eval.py [--adapter OUT/adapter] [--n 128] [--batch 32]
+    python scripts/align_grpo_eval.py [--adapter OUT/adapter | --checkpoint OUT/train/checkpoints/step_N]
+                                      [--n 128] [--batch 32]
 
 Answers ``--n`` validation sums of :func:`llmkit.align.builtin.arithmetic_set` (the split GRPO never
 trains on, same seed as ``llmkit align``) with SmolLM2-135M-Instruct, optionally with a LoRA adapter, and
@@ -11,14 +12,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from llmkit.align.builtin import ANSWER, arithmetic_reward, arithmetic_set
 from llmkit.align.online import sample
 from llmkit.generate import load_model_and_tokenizer
 from llmkit.io.pull import pull
-from llmkit.peft import load_adapter
+from llmkit.peft import apply_lora, load_adapter
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -32,6 +35,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--adapter", default="", help="a LoRA adapter directory (an `llmkit align` OUT/adapter)")
+    ap.add_argument("--checkpoint", default="", help="a LoRA run's checkpoint directory (r=16, alpha=32, the "
+                    "`llmkit align` defaults): evaluates a run stopped before its export")
     ap.add_argument("--n", type=int, default=128, help="held-out problems")
     ap.add_argument("--batch", type=int, default=32, help="problems per generate call")
     ap.add_argument("--seed", type=int, default=1337, help="the run's --seed")
@@ -42,6 +47,12 @@ def main() -> None:
     model = model.float()
     if args.adapter:
         model = load_adapter(model, args.adapter)
+    elif args.checkpoint:
+        model = apply_lora(model, "all-linear", 16, 32.0)
+        state = load_file(str(Path(args.checkpoint) / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any("lora" in k for k in missing):
+            raise SystemExit(f"{args.checkpoint}: not a LoRA r=16 run of this model ({(missing + unexpected)[:4]})")
     model.eval()
     val = arithmetic_set(args.n, "val", seed=args.seed)
     texts, ids = [], []
@@ -53,7 +64,7 @@ def main() -> None:
     correct = sum(arithmetic_reward(t, r["answer"]) >= 1.0 for t, r in zip(texts, val))
     strict = sum(bool(ANSWER.search(t)) for t in texts)
     lo, hi = wilson(correct, len(val))
-    print(f"model={'adapter ' + args.adapter if args.adapter else 'base'} n={len(val)} "
+    print(f"model={args.adapter or args.checkpoint or 'base'} n={len(val)} "
           f"accuracy={correct / len(val):.3f} (95% CI {lo:.3f}-{hi:.3f}) strict_format={strict / len(val):.3f} "
           f"mean_len={sum(map(len, ids)) / len(ids):.1f}")
     for r, t in list(zip(val, texts))[:3]:
