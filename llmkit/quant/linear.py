@@ -152,6 +152,13 @@ class Int8Linear(QuantLinear):
         q._copy_float(linear, smooth)
         return q
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a tensor assigned from a memory-mapped safetensors file starts wherever the file put it (8-byte
+        # alignment); the CPU kernel reads the weight with aligned vector loads and crashes (SIGSEGV) on it
+        if self.weight.device.type == "cpu" and self.weight.data_ptr() % 64:
+            self.weight = self.weight.clone(memory_format=torch.contiguous_format)
+
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         scales = self.scales.to(x.dtype)
         if x.device.type == "cpu":

@@ -26,6 +26,22 @@ def test_int8_kernel_equals_its_dequantized_weight(dtype):
         assert ((q.dequantize() - lin.weight).abs() <= q.scales[:, None] / 2 + 1e-6).all()
 
 
+def test_int8_loaded_from_a_misaligned_buffer_gets_an_aligned_weight():
+    """A memory-mapped safetensors file can put the int8 weight 8 bytes off a 64-byte boundary; the CPU
+    kernel would crash (SIGSEGV) reading it, so loading gives the layer its own aligned copy."""
+    q = Int8Linear.from_linear(_linear(128, 128, dtype=torch.bfloat16))
+    state = q.state_dict()
+    raw = torch.empty(128 * 128 + 64, dtype=torch.int8)
+    offset = (8 - raw.data_ptr()) % 64 or 64
+    state["weight"] = raw[offset:offset + 128 * 128].view(128, 128).copy_(state["weight"])
+    assert state["weight"].data_ptr() % 64 == 8
+    loaded = Int8Linear(128, 128, True, torch.bfloat16, device="meta")
+    loaded.load_state_dict(state, assign=True)
+    assert loaded.weight.data_ptr() % 64 == 0
+    x = torch.randn(5, 128, dtype=torch.bfloat16)
+    torch.testing.assert_close(loaded(x), q(x))
+
+
 @pytest.mark.parametrize("group_size", [32, 64, 128, 256])
 def test_int4_kernel_equals_the_float_product(group_size):
     lin = _linear(256, 32)
