@@ -193,7 +193,7 @@ def run_subject(name: str, schemes: list[str], args: argparse.Namespace) -> list
             proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
-                print(f"[{name} {row}] failed:\n{proc.stderr[-2000:]}", flush=True)
+                print(f"[{name} {row}] failed (exit status {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
                 continue
             results.append({"model": name, "format": row, "engine": "llmkit", "size": file_bytes(path),
                             **json.loads(line[7:])})
