@@ -199,7 +199,11 @@ def run_subject(name: str, schemes: list[str], args: argparse.Namespace) -> list
                             **json.loads(line[7:])})
             print(f"[{name} {row}] {results[-1]}", flush=True)
         for row, path in llama_cpp_files(name, tmp).items():
-            r = measure_llama_cpp(path, subject, text_file, chunks, n_new, args.threads, not args.no_timing)
+            try:
+                r = measure_llama_cpp(path, subject, text_file, chunks, n_new, args.threads, not args.no_timing)
+            except RuntimeError as e:  # e.g. llama-perplexity's log losing its last lines on a loaded machine
+                print(f"[{name} llama.cpp {row}] failed: {e}", flush=True)
+                continue
             results.append({"model": name, "format": row, "engine": "llama.cpp", "size": file_bytes(path), **r})
             print(f"[{name} llama.cpp {row}] {results[-1]}", flush=True)
     return results
