@@ -19,8 +19,8 @@ built the binaries). Every llmkit row is saved, then measured in a fresh process
   step; llama.cpp: ``llama-bench`` pp``prompt`` and tg``n`` at depth ``prompt``.
 
 Timings mean something only on an otherwise idle machine; ``--no-timing`` leaves them out. The
-full run writes the table into docs/quantization.md and README.md (between ``quant-table``
-markers) and the perplexity-vs-size plot to docs/images/quant_ppl_size.png.
+full run writes the table and the perplexity-vs-size plot (docs/images/quant_ppl_size.png) into
+docs/quantization.md and README.md, between ``quant-table`` markers.
 
     .venv/bin/python benchmarks/quant.py [--quick] [--no-timing] [--threads 2] [--models smollm2,speedrun]
 """
@@ -300,9 +300,11 @@ def main() -> None:
     text = table(results, args)
     print("\n" + text + f"\nresults: {out}")
     if not args.quick:
-        plot(results, ROOT / "docs" / "images" / "quant_ppl_size.png")
+        png = ROOT / "docs" / "images" / "quant_ppl_size.png"
+        plot(results, png)
         for doc in (ROOT / "docs" / "quantization.md", ROOT / "README.md"):
-            write_between_markers(doc, text)
+            image = f"\n![held-out perplexity against file size per scheme]({os.path.relpath(png, doc.parent)})\n"
+            write_between_markers(doc, text + image)
 
 
 if __name__ == "__main__":
