@@ -49,7 +49,8 @@ def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> "
         binary = llama_server_binary()
         return ServerProcess([str(binary), "-m", str(llama_gguf(binary, gguf, dtype)), "--host", "127.0.0.1",
                               "--port", str(port), "--parallel", str(parallel), "--ctx-size", str(parallel * 2048),
-                              "--cont-batching", "--no-webui", "--alias", MODEL]
+                              "--cont-batching", "--no-webui", "--alias", MODEL,
+                              "--no-repack"]  # this build's AMX repacked kernels crash on multi-token batches
                              + (["--threads", str(threads)] if threads else []), port)
     return ServerProcess([sys.executable, __file__, "--transformers-server", "--port", str(port), "--dtype", dtype,
                           "--gguf", str(gguf)], port, env)
