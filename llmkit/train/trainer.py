@@ -308,7 +308,7 @@ class Trainer:
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
             with distributed.grad_sync(self.module, sync=i == len(micro) - 1), self._sequence_parallel():
                 with autocast(d.device, cfg.dtype):
-                    logits, aux = self.module(x, position_ids=self._positions(x), return_aux_loss=True)
+                    logits, aux = self.module(x, **self._positions(x), return_aux_loss=True)
                 nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum")
                 loss = nats * (d.world_size / targets)
@@ -328,9 +328,10 @@ class Trainer:
         """This rank's part of a batch's (x, y): all of it, or its chunk of every sequence."""
         return (x, y) if self.sp_group is None else shard_batch(x, y, self.sp_group, IGNORE_INDEX)
 
-    def _positions(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Position ids of this rank's inputs ``x`` (B, T): None (from 0), or its chunk's global positions."""
-        return None if self.sp_group is None else chunk_positions(x, self.sp_group)
+    def _positions(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward keywords for this rank's inputs ``x`` (B, T): none (positions from 0), or its chunk's global
+        ``position_ids`` (a keyword only then, since prefix/prompt-tuned wrappers do not take it)."""
+        return {} if self.sp_group is None else {"position_ids": chunk_positions(x, self.sp_group)}
 
     def _sequence_parallel(self) -> contextlib.AbstractContextManager:
         """Context in which the model's attention spans every rank's chunk (nothing without sequence parallelism)."""
@@ -356,7 +357,7 @@ class Trainer:
         with self._sequence_parallel():
             return evaluate(self.model, (self._local(x, y) for x, y in self.data.val()), self.cfg.eval_batches,
                             self.d, autocast(self.d.device, self.cfg.dtype), self.data.bytes_per_token,
-                            lambda x: self.model(x, position_ids=self._positions(x)))
+                            lambda x: self.model(x, **self._positions(x)))
 
     # ----- the loop -----
     def fit(self, time_limit: float | None = None, min_steps: int = 0) -> FitResult:
