@@ -21,11 +21,12 @@ keeps every run's ``summary.json`` / PNGs under ``--out``. All servers get the s
 thread count. Run it with nothing else on the machine.
 
     .venv/bin/python benchmarks/serve.py [--dtypes fp32,bf16] [--concurrency 1,4,16,64] [--num-requests 64]
-        [--input-tokens 550:150] [--output-tokens 150:10] [--threads N] [--skip transformers,llama]
+        [--input-tokens 550:150] [--output-tokens 150:10] [--threads N] [--skip transformers,llama] [--llmkit-args "--compile false"]
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 import urllib.request
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODEL = "smollm2-135m-instruct"
 
 
-def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> "ServerProcess":
+def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int, extra: list[str]) -> "ServerProcess":
     from engine import ServerProcess, free_port, llama_gguf, llama_server_binary  # benchmarks/engine.py
 
     port = free_port()
@@ -44,7 +45,7 @@ def start(engine: str, dtype: str, gguf: Path, threads: int, parallel: int) -> "
     if engine == "llmkit":
         return ServerProcess([str(ROOT / ".venv/bin/llmkit"), "serve", "--model", str(gguf), "--served_model_name",
                               MODEL, "--dtype", dtype, "--port", str(port), "--max_num_seqs", str(parallel),
-                              "--max_queue", str(4 * parallel), "--log_level", "warning"], port, env)
+                              "--max_queue", str(4 * parallel), "--log_level", "warning", *extra], port, env)
     if engine == "llama-server":
         binary = llama_server_binary()
         return ServerProcess([str(binary), "-m", str(llama_gguf(binary, gguf, dtype)), "--host", "127.0.0.1",
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--output-tokens", default="150:10")
     ap.add_argument("--threads", type=int, default=0, help="threads of every server (0 = their default)")
     ap.add_argument("--max-seconds", type=float, default=900, help="per concurrency: no request starts after this")
+    ap.add_argument("--llmkit-args", default="", help="extra `llmkit serve` flags, e.g. '--compile false'")
     ap.add_argument("--skip", default="", help="comma-separated: transformers,llama")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
     # internal: run the transformers baseline server
@@ -189,7 +191,7 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         results = {}
         for engine in engines:
-            server = start(engine, dtype, gguf, args.threads, max(levels))
+            server = start(engine, dtype, gguf, args.threads, max(levels), shlex.split(args.llmkit_args))
             try:
                 cfg = BenchConfig(f"{server.url}/v1", MODEL, levels, args.num_requests,
                                   parse_length(args.input_tokens, "input-tokens"),

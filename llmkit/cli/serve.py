@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+CPU_COMPILE_MAX_BATCH = 8  # measured: see docs/serving.md, "Benchmark"
 HELP = "Serve a model over the OpenAI API (completions, chat, streaming) with a web chat page"
 
 
@@ -38,6 +39,11 @@ class Args:
     kv_cache_dtype: Literal["auto", "int8", "fp8"] = field(default="auto", metadata={
         "help": "KV pool storage: auto (the weight dtype), or int8/fp8 (about twice the blocks of bf16)"})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "reuse KV blocks of common prefixes"})
+    compile: bool = field(default=True, metadata={
+        "help": "compile the decode steps while loading (a minute or two on CPU; /health says 503 meanwhile)"})
+    compile_max_batch: int | None = field(default=None, metadata={
+        "help": "compile decode steps of at most this many sequences; larger ones run eager "
+                f"(default: all on CUDA, {CPU_COMPILE_MAX_BATCH} on CPU, where larger batches do not gain from it)"})
     lora: list[str] = field(default_factory=list, metadata={
         "help": "NAME=DIR: serve the LoRA adapter in DIR as model NAME (repeatable)"})
     log_level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata={
@@ -63,18 +69,20 @@ class Args:
 
 
 def run(args: Args) -> int:
+    import torch
     import uvicorn
 
     from llmkit.cli.args import UsageError
     from llmkit.engine import LLM, AsyncLLMEngine
+    from llmkit.engine.model_runner import BATCH_BUCKETS
     from llmkit.io.errors import CheckpointError
     from llmkit.peft.multi_lora import read_lora
     from llmkit.serve import ServeConfig, build_app
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_num_seqs < 1 or args.max_queue < 0:
-        raise UsageError("--max_num_seqs must be >= 1 and --max_queue >= 0")
+    if args.max_num_seqs < 1 or args.max_queue < 0 or (args.compile_max_batch or 1) < 1:
+        raise UsageError("--max_num_seqs and --compile_max_batch must be >= 1, --max_queue >= 0")
     loras = args.lora_adapters()
     for name, directory in loras.items():
         try:
@@ -83,10 +91,14 @@ def run(args: Args) -> int:
             raise UsageError(f"--lora {name}: {e}") from None
 
     def load() -> AsyncLLMEngine:
+        cuda = torch.cuda.is_available()  # LLM's device when none is given
         llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
                   kv_cache_dtype=args.kv_cache_dtype,
-                  enable_prefix_caching=args.enable_prefix_caching, lora_adapters=loras)
+                  enable_prefix_caching=args.enable_prefix_caching, lora_adapters=loras, compile=args.compile,
+                  compile_max_batch=min(args.max_num_seqs, args.compile_max_batch
+                                        or (BATCH_BUCKETS[-1] if cuda else CPU_COMPILE_MAX_BATCH)))
+        llm.engine.warmup()
         return AsyncLLMEngine(llm.engine)
 
     config = ServeConfig(args.served_name(), api_key=args.api_key, max_queue=args.max_queue,

@@ -1,7 +1,10 @@
 """`AsyncLLMEngine`: the engine behind an asyncio server, streaming each request's new tokens as they come.
 
-One background task runs the step loop; each step itself runs in a worker
-thread, so the event loop keeps serving connections meanwhile. Requests are
+One background task runs the step loop; each step itself runs in one
+dedicated worker thread, so the event loop keeps serving connections
+meanwhile. Always the same thread: torch's CPU thread pool (OpenMP) belongs to
+the thread that calls it, and with steps hopping between ``asyncio.to_thread``'s
+workers a batch-1 step of SmolLM2 served on 2 cores took 47 ms instead of 27. Requests are
 checked at once (a bad one raises in the caller, before anything is queued),
 then handed to the loop, which alone touches the engine's state between
 steps. :meth:`AsyncLLMEngine.generate` is an async iterator of deltas:
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +34,7 @@ class AsyncLLMEngine:
         self._aborts: list[str] = []
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
+        self._stepper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmkit-engine-step")
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
@@ -57,7 +62,7 @@ class AsyncLLMEngine:
                 await self._wake.wait()
                 continue
             try:
-                outputs = await asyncio.to_thread(engine.step)
+                outputs = await asyncio.get_running_loop().run_in_executor(self._stepper, engine.step)
             except Exception as e:  # noqa: BLE001 - a failed step fails its requests, not the server
                 for request_id in list(self._streams):
                     engine.abort_request(request_id)

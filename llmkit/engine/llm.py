@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llmkit.engine.llm_engine import LLMEngine
+from llmkit.engine.model_runner import BATCH_BUCKETS
 from llmkit.engine.outputs import RequestOutput
 from llmkit.engine.speculative import SpeculativeConfig
 from llmkit.generate.sampling import SamplingParams
@@ -41,6 +42,8 @@ class LLM:
         device: where to run; None = CUDA when available, else CPU.
         compile: compile decode-only steps (``torch.compile``, one compile per batch bucket, tens of
             seconds each on CPU); None = compile on CUDA (CUDA graphs), eager elsewhere.
+        compile_max_batch: with ``compile``, compile only decode steps of at most this many sequences
+            (on CPU compiling pays at small batches, where per-op overhead dominates).
         **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
             kv_cache_memory, kv_cache_dtype, enable_prefix_caching, speculative, lora_adapters).
     """
@@ -51,7 +54,7 @@ class LLM:
                  kv_cache_memory: int | str | None = None, kv_cache_dtype: str | None = None,
                  enable_prefix_caching: bool = True,
                  speculative: SpeculativeConfig | None = None, compile: bool | None = None,
-                 lora_adapters: Mapping[str, str | os.PathLike] | None = None):
+                 lora_adapters: Mapping[str, str | os.PathLike] | None = None, compile_max_batch: int = BATCH_BUCKETS[-1]):
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -74,7 +77,7 @@ class LLM:
                                 enable_prefix_caching=enable_prefix_caching,
                                 speculative=speculative,
                                 compile=model.device.type == "cuda" if compile is None else compile,
-                                lora_adapters=lora_adapters)
+                                lora_adapters=lora_adapters, compile_max_batch=compile_max_batch)
         self._next_id = 0
 
     @property

@@ -38,7 +38,7 @@ import torch
 from llmkit.engine import sampler
 from llmkit.engine.block_manager import BlockManager
 from llmkit.engine.memory import default_memory, parse_memory
-from llmkit.engine.model_runner import Feed, ModelRunner, block_bytes
+from llmkit.engine.model_runner import BATCH_BUCKETS, Feed, ModelRunner, block_bytes
 from llmkit.engine.outputs import CompletionOutput, RequestOutput
 from llmkit.engine.scheduler import Scheduler
 from llmkit.engine.sequence import Request, Sequence
@@ -83,6 +83,7 @@ class LLMEngine:
         enable_prefix_caching: reuse the computed blocks of common prompt prefixes.
         speculative: speculative decoding (:class:`SpeculativeConfig`); None = off.
         compile: run decode-only steps through ``torch.compile`` (one compile per batch bucket).
+        compile_max_batch: compile only decode steps of at most this many sequences; larger ones run eager.
         lora_adapters: {name: directory} of peft-format LoRA adapters to serve (see :meth:`add_lora`).
     """
 
@@ -90,7 +91,8 @@ class LLMEngine:
                  max_num_batched_tokens: int = 2048, block_size: int = 16, kv_cache_memory: int | str | None = None,
                  kv_cache_dtype: str | None = None,
                  enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
-                 compile: bool = False, lora_adapters: Mapping[str, str | os.PathLike] | None = None):
+                 compile: bool = False, lora_adapters: Mapping[str, str | os.PathLike] | None = None,
+                 compile_max_batch: int = BATCH_BUCKETS[-1]):
         cfg = getattr(model, "cfg", None)
         if not isinstance(model, CausalLM):
             raise TypeError(f"the engine runs a CausalLM, got {type(model).__name__} "
@@ -109,7 +111,8 @@ class LLMEngine:
         num_blocks = min(memory // per_block, max_num_seqs * blocks_per_seq)
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one KV block ({per_block} bytes)")
-        self.runner = ModelRunner(model, num_blocks, block_size, compile=compile, kv_cache_dtype=kv_cache_dtype)
+        self.runner = ModelRunner(model, num_blocks, block_size, compile=compile, kv_cache_dtype=kv_cache_dtype,
+                                  compile_max_batch=compile_max_batch)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, self.lookahead)
         self.proposer = build_proposer(speculative, draft, num_blocks, block_size) if speculative else None
@@ -130,6 +133,10 @@ class LLMEngine:
         """
         self.loras.add(name, directory)
         self.runner.steps.clear()  # compiled steps traced the model before its layers were wrapped
+
+    def warmup(self) -> None:
+        """Compile the decode steps now rather than on first use (a server does this while it reports loading)."""
+        self.runner.warmup()
 
     # ----- requests -----
     def encode(self, prompt: Any) -> list[int]:

@@ -15,7 +15,10 @@ inductor with the batch-1 linear rewrite and the C++ attention kernel on CPU,
 CUDA graphs on CUDA). Its shapes must be static, so the batch is padded to the
 next of ``BATCH_BUCKETS`` and block tables are always as wide as the model's
 context; padded rows write their K/V to one spare block that no sequence owns.
-Each bucket compiles once, on first use.
+Each bucket compiles once, on first use or in :meth:`ModelRunner.warmup`;
+``compile_max_batch`` limits compilation to the small buckets (on CPU the
+compiled step pays at batch 1, where per-op overhead dominates, and not at 64,
+where the GEMMs and the attention kernel do).
 
 Multi-LoRA: a feed names its adapter slot; the runner hands the step's
 per-token slots to the model's :class:`~llmkit.peft.multi_lora.MultiLoRALinear`
@@ -89,11 +92,15 @@ class ModelRunner:
         num_blocks: blocks in the pool (one more is allocated: the compiled step's padding writes there).
         block_size: token slots per block.
         compile: compile decode-only steps.
+        compile_max_batch: compile only steps of at most this many sequences (rounded up to a bucket);
+            larger ones run eager.
         kv_cache_dtype: None/"auto" (pools in the model's dtype), "int8" or "fp8" (:mod:`llmkit.quant.kv`).
     """
 
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int, compile: bool = False,
-                 kv_cache_dtype: str | None = None):
+                 kv_cache_dtype: str | None = None, compile_max_batch: int = BATCH_BUCKETS[-1]):
+        if compile_max_batch < 1:
+            raise ValueError(f"compile_max_batch must be >= 1, got {compile_max_batch}")
         block_bytes(model, block_size, model.dtype, kv_cache_dtype)  # refuses a bad or unsupported kv_cache_dtype
         cfg = model.cfg
         self.model, self.block_size = model, block_size
@@ -107,7 +114,8 @@ class ModelRunner:
                                         self.device, kv_cache_dtype) for _ in range(cfg.n_layers)]
         self.spare_slot = num_blocks * block_size
         self.table_width = -(-cfg.max_seq_len // block_size) + 1
-        self.compile = compile
+        top = next((b for b in BATCH_BUCKETS if b >= compile_max_batch), BATCH_BUCKETS[-1])
+        self.compiled_buckets = tuple(b for b in BATCH_BUCKETS if b <= top) if compile else ()
         # the C++ decode kernel on CPU (built once per machine); None elsewhere or without a compiler
         self.kernel = (decode_attention.paged_decode_attention
                        if self.device.type == "cpu" and decode_attention.load() else None)
@@ -130,8 +138,8 @@ class ModelRunner:
         Returns:
             Per feed, (logits wanted, V) float32 logits, in the order of ``feeds``.
         """
-        if self.compile and len(feeds) <= BATCH_BUCKETS[-1] and all(len(f.tokens) == f.wanted == 1 and f.lora < 0
-                                                                    for f in feeds):
+        if (self.compiled_buckets and len(feeds) <= self.compiled_buckets[-1]
+                and all(len(f.tokens) == f.wanted == 1 and f.lora < 0 for f in feeds)):
             return self._run_compiled(feeds)
         order = sorted(range(len(feeds)), key=lambda i: len(feeds[i].tokens) != 1)  # decodes first
         bs = self.block_size
@@ -166,10 +174,16 @@ class ModelRunner:
             row += wanted
         return out
 
-    def _run_compiled(self, feeds: Seq[Feed]) -> list[torch.Tensor]:
-        """A decode-only step through the compiled function of its batch bucket."""
+    @torch.no_grad()
+    def warmup(self) -> None:
+        """Compile every bucket's decode step now (each runs once on padding rows), so that no request waits for it."""
+        for bucket in self.compiled_buckets:
+            self._run_compiled([], bucket)
+
+    def _run_compiled(self, feeds: Seq[Feed], bucket: int | None = None) -> list[torch.Tensor]:
+        """A decode-only step through the compiled function of its batch bucket (default: the smallest that fits)."""
         b = len(feeds)
-        bucket = next(size for size in BATCH_BUCKETS if size >= b)
+        bucket = bucket or next(size for size in BATCH_BUCKETS if size >= b)
         bs, pad = self.block_size, bucket - b
         positions = [f.start for f in feeds] + [0] * pad
         slots = [f.table[p // bs] * bs + p % bs for f, p in zip(feeds, positions)]

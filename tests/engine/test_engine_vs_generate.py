@@ -87,3 +87,22 @@ def test_compiled_decode_steps_equal_eager(tiny, tokenizer):
                     got[out.request_id] = out.outputs[0].token_ids
     assert got == {str(i): naive(tiny, p, n, ()) for i, (p, n) in enumerate(zip(prompts, (8, 3)))}
     assert set(engine.runner.steps) == {1, 2}  # decode-only steps of two rows, then of one, were compiled
+
+
+@pytest.mark.slow
+def test_compile_max_batch_compiles_small_buckets_at_warmup(tiny, tokenizer):
+    prompts = [list(range(3, 40)), list(range(50, 61))]
+    engine = build(tiny, tokenizer, compile=True, compile_max_batch=1)
+    engine.warmup()
+    assert set(engine.runner.steps) == {1}  # compiled before any request
+    for i, (prompt, n) in enumerate(zip(prompts, (8, 3))):  # two rows decode eager, then one compiled
+        engine.add_request(str(i), prompt, SamplingParams(max_tokens=n, ignore_eos=True))
+    got = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                got[out.request_id] = out.outputs[0].token_ids
+    assert got == {str(i): naive(tiny, p, n, ()) for i, (p, n) in enumerate(zip(prompts, (8, 3)))}
+    assert set(engine.runner.steps) == {1}
+    assert engine.runner.compiled_buckets == (1,)
+    assert build(tiny, tokenizer, compile=True, compile_max_batch=5).runner.compiled_buckets == (1, 2, 4, 8)

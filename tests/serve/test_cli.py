@@ -64,7 +64,7 @@ def test_llmkit_serve_end_to_end(tiny, tokenizer, tmp_path):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", str(tmp_path), "--port", str(port),
                              "--served_model_name", "tiny", "--kv_cache_memory", "16MiB", "--log_level", "warning",
-                             "--lora", f"ad={tmp_path / 'adapter'}"],
+                             "--compile", "false", "--lora", f"ad={tmp_path / 'adapter'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
