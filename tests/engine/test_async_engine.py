@@ -61,3 +61,29 @@ def test_bad_requests_raise_in_the_caller(tiny, tokenizer):
 
     with pytest.raises(ValueError, match="context"):
         asyncio.run(main())
+
+
+def test_every_step_runs_on_one_dedicated_thread(tiny, tokenizer):
+    # torch's CPU thread pool belongs to the calling thread: steps that hop threads ran 1.7x slower
+    import threading
+
+    engine = AsyncLLMEngine(LLMEngine(tiny, tokenizer, kv_cache_memory="32MiB"))
+    inner, threads = engine.engine.step, []
+
+    def step():
+        threads.append(threading.get_ident())
+        return inner()
+
+    engine.engine.step = step
+
+    async def one(i):
+        async for _ in engine.generate([3 + i, 4, 5], SamplingParams(max_tokens=30, ignore_eos=True), f"r{i}"):
+            await asyncio.sleep(0)
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(4)))
+        await one(10)  # after an idle wait, when a pool may hand the next step to another worker
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(threads) >= 30 and len(set(threads)) == 1 and loop_thread not in threads
