@@ -43,6 +43,8 @@ import llama_cpp_tools as lc
 ROOT = Path(__file__).resolve().parent.parent
 SPEEDRUN = Path.home() / ".cache" / "llmkit" / "speedrun" / "nano-quant"
 GROUPED = ("int4", "gptq", "awq")  # schemes with a group_size option
+# rows that are a scheme with non-default options: row name -> (scheme, options)
+VARIANTS = {"int8_a8": ("int8", {"int8_activations": True})}  # llama.cpp's Q8 activations (as its Q8_0 rows)
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,12 @@ def build_rows(name: str, subject: Subject, schemes: list[str], out: Path) -> di
     for row in ["fp32", "bf16", *schemes]:
         model, tokenizer = load_model_and_tokenizer(source(name), dtype=torch.float32 if row == "fp32" else
                                                     torch.bfloat16)
-        if row in QUANT_SCHEMES:
+        scheme, options = VARIANTS.get(row, (row, {}))
+        if scheme in QUANT_SCHEMES:
             start = time.perf_counter()
-            calib = calibration_ids(tokenizer, "shakespeare", 32, 256) if QUANT_SCHEMES[row].calibrated else None
-            quantize(model, row, calib, **({"group_size": subject.group_size} if row in GROUPED else {}))
+            calib = calibration_ids(tokenizer, "shakespeare", 32, 256) if QUANT_SCHEMES[scheme].calibrated else None
+            options = options | ({"group_size": subject.group_size} if scheme in GROUPED else {})
+            quantize(model, scheme, calib, **options)
             print(f"[{name} {row}] quantised in {time.perf_counter() - start:.0f} s", flush=True)
         rows[row] = out / row
         model.save_pretrained(rows[row])
@@ -225,7 +229,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
               f"batch-1 TTFT and decode with {args.threads} threads, compiled decode step")
     caption = (f"torch {torch.__version__}, llama.cpp from llama-cpp-python {lc.VERSION}; schemes from bf16, "
                f"int4/GPTQ/AWQ in groups of {SUBJECTS['smollm2'].group_size} (SmolLM2) / "
-               f"{SUBJECTS['speedrun'].group_size} (speedrun); perplexity on held-out Shakespeare, "
+               f"{SUBJECTS['speedrun'].group_size} (speedrun); int8_a8 is int8 with int8_activations (x rounded "
+               f"to int8 per 32 features, as llama.cpp's Q8_0 rows do); perplexity on held-out Shakespeare, "
                f"llama-perplexity's protocol ({', '.join(f'{s.chunks} x {s.n_ctx}' for s in SUBJECTS.values())} "
                f"tokens); {timing}.")
     return "\n".join(lines) + "\n\n" + caption + "\n"
@@ -270,7 +275,7 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true", help="leave out TTFT and decode speed")
     ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads")
     ap.add_argument("--models", default="smollm2,speedrun", help=f"comma-separated subset of {', '.join(SUBJECTS)}")
-    ap.add_argument("--schemes", default="", help="comma-separated subset of QUANT_SCHEMES (default: all)")
+    ap.add_argument("--schemes", default="", help="comma-separated subset of QUANT_SCHEMES and VARIANTS (default: all)")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: measure one saved row
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--text", type=Path, help=argparse.SUPPRESS)
@@ -286,9 +291,10 @@ def main() -> None:
 
     from llmkit.quant import QUANT_SCHEMES
 
-    schemes = args.schemes.split(",") if args.schemes else list(QUANT_SCHEMES)
+    default = [row for name in QUANT_SCHEMES for row in [name, *(v for v, (s, _) in VARIANTS.items() if s == name)]]
+    schemes = args.schemes.split(",") if args.schemes else default
     models = args.models.split(",")
-    if unknown := sorted(set(schemes) - set(QUANT_SCHEMES)) + sorted(set(models) - set(SUBJECTS)):
+    if unknown := sorted(set(schemes) - set(default)) + sorted(set(models) - set(SUBJECTS)):
         ap.error(f"unknown schemes or models {unknown}")
     results = [r for name in models for r in run_subject(name, schemes, args)]
     if not lc.tool("llama-quantize"):

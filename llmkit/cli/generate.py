@@ -38,7 +38,8 @@ class GenerationArgs:
     dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "weight dtype"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow first call)"})
     quant: str | None = field(default=None, metadata={
-        "help": "quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8"})
+        "help": "quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8; "
+                "options after a colon, e.g. int8:int8_activations=true or int4:group_size=32"})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
     kv_cache_dtype: Literal["auto", "int8", "fp8"] = field(default="auto", metadata={
         "help": "KV-cache storage: auto (the weight dtype), or int8/fp8, a scale per token and head (half of bf16)"})
@@ -99,9 +100,11 @@ def load(args: GenerationArgs):
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     if args.quant:
         from llmkit.quant import quantize
+        from llmkit.quant.schemes import parse_scheme
 
         try:
-            quantize(model, args.quant)
+            name, options = parse_scheme(args.quant)
+            quantize(model, name, **options)
         except ValueError as e:  # an unknown or calibrated scheme, a shape it cannot take
             raise UsageError(f"--quant: {e}") from None
     if args.adapter:

@@ -15,51 +15,26 @@ shapes, and an autograd formula for ``gguf_mm``'s input gradient,
 ``dx = dy @ W`` with W dequantised in backward (the weight itself is frozen), so a
 quantised base can be fine-tuned through with LoRA as QLoRA does.
 
-The library is compiled on first use, as the decode-attention kernel is
-(:mod:`llmkit.generate.decode_attention`: ``-march=native``, cached by torch
-under ``~/.cache/torch_extensions``). When it cannot be built, or a tensor is
-not on the CPU (there is no CUDA implementation yet), :func:`gguf_linear` and
-:func:`gguf_dequantize` fall back to :mod:`llmkit.quant.gguf_types`'s torch
-dequantisers followed by ``F.linear``: the same numbers, without the memory or
-speed benefit.
+The library (with the int8 kernel) is built on first use by :mod:`llmkit.quant.ops`.
+When it cannot be built, or a tensor is not on the CPU (there is no CUDA
+implementation yet), :func:`gguf_linear` and :func:`gguf_dequantize` fall back
+to :mod:`llmkit.quant.gguf_types`'s torch dequantisers followed by ``F.linear``:
+the same numbers, without the memory or speed benefit.
 """
 from __future__ import annotations
-
-import functools
-import logging
-import re
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from llmkit.quant.gguf_types import dequantize_blocks, gguf_type
-
-SOURCE = Path(__file__).with_name("csrc") / "gguf_ops.cpp"
-log = logging.getLogger(__name__)
-# read by the forward functions instead of calling load(), which dynamo cannot trace (it builds C++)
-_STATE = {"ready": False}
+from llmkit.quant.ops import load, native  # noqa: F401 - load: gguf_ops.load() builds the kernels
 
 
-@functools.cache
-def load() -> bool:
-    """Build (once per machine) and load the operators; False, with a warning, if that fails."""
-    from torch.utils.cpp_extension import load as build
-
-    log.info("building the GGUF block kernels (once; cached by torch)")
-    try:
-        name = "llmkit_gguf_ops_" + re.sub(r"\W", "_", torch.__version__)
-        build(name, [str(SOURCE)], is_python_module=False, extra_cflags=["-O3", "-march=native", "-fopenmp"])
-    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: use the torch fallback
-        warnings.warn(f"the GGUF block kernels could not be built ({type(e).__name__}: {e}); "
-                      "GGUF layers dequantise with torch instead", RuntimeWarning, stacklevel=2)
-        return False
+def register() -> None:
+    """The fake (meta) implementations and ``gguf_mm``'s autograd formula; called once the library is loaded."""
     torch.library.register_fake("llmkit::gguf_dequantize")(_dequantize_shape)
     torch.library.register_fake("llmkit::gguf_mm")(_mm_shape)
     torch.library.register_autograd("llmkit::gguf_mm", _mm_backward, setup_context=_mm_setup)
-    _STATE["ready"] = True
-    return True
 
 
 def _dequantize_shape(weight: torch.Tensor, qtype: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
@@ -87,13 +62,6 @@ def _mm_backward(ctx, grad: torch.Tensor):
     return (grad @ w).to(ctx.x_dtype), None, None, None, None
 
 
-def _native(t: torch.Tensor) -> bool:
-    """Whether the C++ operators apply: a CPU tensor, and the library built (tried once, outside tracing)."""
-    if t.device.type != "cpu":
-        return False
-    return _STATE["ready"] if torch.compiler.is_compiling() else load()
-
-
 def gguf_dequantize(weight: torch.Tensor, qtype: str | int, in_features: int,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Block rows to floats.
@@ -107,7 +75,7 @@ def gguf_dequantize(weight: torch.Tensor, qtype: str | int, in_features: int,
         (..., in_features) in ``dtype``.
     """
     t = gguf_type(qtype)
-    if _native(weight):
+    if native(weight):
         return torch.ops.llmkit.gguf_dequantize(weight, t.ggml_type, in_features, dtype)
     return dequantize_blocks(weight, t.name, in_features).to(dtype)
 
@@ -129,7 +97,7 @@ def gguf_linear(x: torch.Tensor, weight: torch.Tensor, qtype: str | int, in_feat
         (..., out_features) in x's dtype. Differentiable with respect to x (and the bias).
     """
     t = gguf_type(qtype)
-    if _native(x):
+    if native(x):
         y = torch.ops.llmkit.gguf_mm(x, weight, t.ggml_type, in_features, int8_activations)
         return y if bias is None else y + bias.to(y.dtype)
     w = dequantize_blocks(weight, t.name, in_features).to(x.dtype)

@@ -154,3 +154,14 @@ def dequantize_fp8(codes: torch.Tensor, scale: torch.Tensor, group_size: int | N
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Inverse of :func:`quantize_fp8`."""
     return (codes.float() * _expand(scale.float(), codes, group_size)).to(dtype)
+
+
+def round_activations_int8(x: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """x rounded to int8 per ``block`` consecutive features, scale max|x| / 127, and back to x's dtype.
+
+    llama.cpp's Q8 activations: the numbers an int8-activation kernel multiplies.
+    x (..., K) with K divisible by ``block`` -> same shape and dtype.
+    """
+    b = x.float().reshape(*x.shape[:-1], -1, block)
+    d = b.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(b / torch.where(d > 0, d, 1)) * d).reshape(x.shape).to(x.dtype)

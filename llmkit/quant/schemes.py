@@ -74,8 +74,10 @@ def _nf4_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
 QUANT_SCHEMES: dict[str, QuantScheme] = {
     # weight-only int8, symmetric per output channel
     "int8": QuantScheme(
-        lambda lin, x: Int8Linear.from_linear(lin),
-        lambda i, o, b, dt, dev: Int8Linear(i, o, b, dt, device=dev)),
+        lambda lin, x, int8_activations: Int8Linear.from_linear(lin, int8_activations=int8_activations),
+        lambda i, o, b, dt, dev, int8_activations: Int8Linear(i, o, b, dt, device=dev,
+                                                              int8_activations=int8_activations),
+        {"int8_activations": False}),
     # weight-only int4, asymmetric per group, round to nearest
     "int4": QuantScheme(
         lambda lin, x, group_size: Int4Linear.from_linear(lin, group_size),
@@ -126,6 +128,24 @@ def scheme_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"scheme {name!r} has no option {', '.join(unknown)} "
                          f"(its options: {', '.join(defaults) or 'none'})")
     return {**defaults, **options}
+
+
+def parse_scheme(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME"`` or ``"NAME:OPTION=VALUE,..."`` (values in YAML: ``true``, ``32``, ``e5m2``) -> (name, options).
+
+    The command line's way to pick a scheme and its options in one flag, e.g. ``int8:int8_activations=true``.
+    """
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{spec!r}: options are OPTION=VALUE pairs separated by commas, got {item!r}")
+        options[key.strip()] = yaml.safe_load(value)
+    scheme_options(name.strip(), options)  # an unknown scheme or option fails here, with the choices
+    return name.strip(), options
 
 
 def targets(model: nn.Module, skip: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:

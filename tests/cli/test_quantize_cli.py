@@ -66,3 +66,20 @@ def test_generate_quantizes_on_load(tiny_dir, capsys):
     assert out == generate(model, tok, "To be", max_new_tokens=8).text + "\n"
     assert main(["generate", "--model", str(tiny_dir), "--quant", "gptq", "--prompt", "x"]) == 2
     assert "needs calibration data" in capsys.readouterr().err
+
+
+def test_generate_takes_scheme_options_after_a_colon(tiny_dir, capsys):
+    argv = ["generate", "--model", str(tiny_dir), "--prompt", "To be", "--raw", "--temperature", "0",
+            "--max_new_tokens", "8", "--quant"]
+    assert main([*argv, "int8:int8_activations=true"]) == 0
+    out = capsys.readouterr().out
+    model, tok = load_model_and_tokenizer(tiny_dir)
+    from llmkit.quant import quantize
+
+    quantize(model, "int8", int8_activations=True)
+    assert model.model.layers[0].self_attn.q_proj.int8_activations
+    assert out == generate(model, tok, "To be", max_new_tokens=8).text + "\n"
+    for bad, message in [("int8:bits=4", "has no option bits"), ("int8:int8_activations", "OPTION=VALUE")]:
+        assert main([*argv, bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

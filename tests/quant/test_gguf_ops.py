@@ -5,17 +5,11 @@ import torch.nn.functional as F
 
 from llmkit.quant import gguf_ops
 from llmkit.quant.gguf_types import GGUF_TYPES, dequantize_blocks
+from llmkit.quant.primitives import round_activations_int8
 from tests.quant.gguf_blocks import random_blocks
 
 built = pytest.mark.skipif(not gguf_ops.load(), reason="the C++ GGUF kernels could not be built here")
 TYPES = list(GGUF_TYPES)
-
-
-def _q8_activations(x: torch.Tensor) -> torch.Tensor:
-    """x rounded as the VNNI path rounds it: per 32-block int8 with scale max|x| / 127."""
-    b = x.reshape(*x.shape[:-1], -1, 32)
-    d = b.abs().amax(-1, keepdim=True) / 127
-    return (torch.round(b / torch.where(d > 0, d, 1)) * d).reshape(x.shape)
 
 
 def test_a_failed_build_warns_and_reports_false(monkeypatch):
@@ -50,7 +44,7 @@ def test_mm_equals_the_dequantised_product(qtype, rows, int8):
     y = torch.ops.llmkit.gguf_mm(x, w, GGUF_TYPES[qtype].ggml_type, 512, int8)
     scale = (x.double() @ dense.T).abs().max()
     rounded = int8 and rows <= 8 and torch.ops.llmkit.gguf_int8_activations()
-    exact_x = _q8_activations(x) if rounded else x
+    exact_x = round_activations_int8(x) if rounded else x
     torch.testing.assert_close(y.double() / scale, exact_x.double() @ dense.T / scale, rtol=0, atol=1e-6)
     # and the torch fallback (F.linear on the torch dequantisation) within int8 rounding of x
     torch.testing.assert_close(y / scale.float(), F.linear(x, dense.float()) / scale.float(), rtol=0, atol=2e-2)

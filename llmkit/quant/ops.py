@@ -1,0 +1,66 @@
+"""The quantised-matmul C++ operators: built once per machine, then given what the compiler needs.
+
+One library from ``csrc/``, in the ``llmkit`` operator namespace:
+
+- ``gguf_ops.cpp``: ``gguf_dequantize`` and ``gguf_mm``, llama.cpp's block layouts
+  (:mod:`llmkit.quant.gguf_ops` wraps them);
+- ``int8_mm.cpp``: ``int8_mm(x, weight, scales, int8_activations)``, the CPU product of
+  :class:`~llmkit.quant.linear.Int8Linear` (per-channel int8 weights, exact fp32 products or
+  llama.cpp's int8-rounded activations on VNNI).
+
+They are compiled on first use, as the decode-attention kernel is
+(:mod:`llmkit.generate.decode_attention`: ``-march=native``, cached by torch under
+``~/.cache/torch_extensions``), and each gets a fake (meta) implementation so
+``torch.compile`` traces through it as one opaque call. When the build fails (no
+compiler, no ninja, no OpenMP) :func:`load` warns once and returns False, and the
+layers compute the same numbers with torch ops instead.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("gguf_ops.cpp", "int8_mm.cpp")]
+log = logging.getLogger(__name__)
+# read by native() while compiling instead of calling load(), which dynamo cannot trace (it builds C++)
+_STATE = {"ready": False}
+
+
+@functools.cache
+def load() -> bool:
+    """Build (once per machine) and load the operators; False, with a warning, if that fails."""
+    from torch.utils.cpp_extension import load as build
+
+    from llmkit.quant import gguf_ops
+
+    log.info("building the quantised-matmul kernels (once; cached by torch)")
+    try:
+        name = "llmkit_quant_ops_" + re.sub(r"\W", "_", torch.__version__)
+        build(name, [str(s) for s in SOURCES], is_python_module=False,
+              extra_cflags=["-O3", "-march=native", "-fopenmp"])
+    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: use the torch fallback
+        warnings.warn(f"the quantised-matmul kernels could not be built ({type(e).__name__}: {e}); "
+                      "GGUF and int8 layers compute with torch ops instead", RuntimeWarning, stacklevel=2)
+        return False
+    gguf_ops.register()
+    torch.library.register_fake("llmkit::int8_mm")(_int8_mm_shape)
+    _STATE["ready"] = True
+    return True
+
+
+def native(t: torch.Tensor) -> bool:
+    """Whether the C++ operators apply to ``t``: a CPU tensor, and the library built (tried once, outside tracing)."""
+    if t.device.type != "cpu":
+        return False
+    return _STATE["ready"] if torch.compiler.is_compiling() else load()
+
+
+def _int8_mm_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
+                   int8_activations: bool) -> torch.Tensor:
+    torch._check(x.shape[-1] == weight.shape[1])
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
