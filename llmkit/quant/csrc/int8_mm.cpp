@@ -86,32 +86,39 @@ Q8Rows quantize_rows(const float* x, int64_t m, int64_t k) {
   return r;
 }
 
-// sum over blocks of d_b * (q_b . w_b), row i of q8
-inline float dot_q8(const Q8Rows& q8, int64_t i, const int8_t* w, int64_t k) {
+// out[r] = sum over blocks of d_b * (q_b . w_b) for the R weight rows w + r * k and x row i of q8;
+// R rows at a time share the loads of q and of the lane vectors and keep R accumulators in flight
+template <int R>
+inline void dot_q8(const Q8Rows& q8, int64_t i, const int8_t* w, int64_t k, float* out) {
   const int8_t* q = q8.q.data() + i * k;
   const float* d = q8.d.data() + i * (k / kBlock);
   int64_t c = 0;
-  float sum = 0.f;
+  float sum[R] = {};
 #ifdef LLMKIT_VNNI512
   const float* lane_d = q8.lane_d.data() + i * k / 4;
   const int32_t* lane_excess = q8.lane_excess.data() + i * k / 4;
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc = _mm512_setzero_ps();
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   for (; c + 64 <= k; c += 64) {
-    // starting from -128 * sum(q) makes each lane the exact q . w of its 4 columns
-    const __m512i dots = _mm512_dpbusd_epi32(_mm512_loadu_si512(lane_excess + c / 4),
-                                             _mm512_xor_si512(_mm512_loadu_si512(w + c), flip),
-                                             _mm512_loadu_si512(q + c));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_loadu_ps(lane_d + c / 4), acc);
+    const __m512i qc = _mm512_loadu_si512(q + c), excess = _mm512_loadu_si512(lane_excess + c / 4);
+    const __m512 scale = _mm512_loadu_ps(lane_d + c / 4);
+    for (int r = 0; r < R; ++r) {
+      // starting from -128 * sum(q) makes each lane the exact q . w of its 4 columns
+      const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + r * k + c), flip);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(excess, u, qc)), scale, acc[r]);
+    }
   }
-  sum = _mm512_reduce_add_ps(acc);
+  for (int r = 0; r < R; ++r) sum[r] = _mm512_reduce_add_ps(acc[r]);
 #endif
-  for (; c < k; c += kBlock) {
-    int32_t block = 0;
-    for (int64_t t = c; t < c + kBlock; ++t) block += static_cast<int32_t>(q[t]) * static_cast<int32_t>(w[t]);
-    sum += d[c / kBlock] * static_cast<float>(block);
-  }
-  return sum;
+  for (; c < k; c += kBlock)
+    for (int r = 0; r < R; ++r) {
+      int32_t block = 0;
+      for (int64_t t = c; t < c + kBlock; ++t)
+        block += static_cast<int32_t>(q[t]) * static_cast<int32_t>(w[r * k + t]);
+      sum[r] += d[c / kBlock] * static_cast<float>(block);
+    }
+  for (int r = 0; r < R; ++r) out[r] = sum[r];
 }
 
 // x rounded to its int8 grid in float, for the GEMM path: the numbers the row kernel multiplies
@@ -148,10 +155,17 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
     const Q8Rows q8 = int8_activations ? quantize_rows(xp, m, k) : Q8Rows{};
     // 64 weight rows per task: enough work to pay for the dispatch, few enough to balance the threads
     at::parallel_for(0, n, 64, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = 0; i < m; ++i)
-          op[i * n + j] = sp[j] * (int8_activations ? dot_q8(q8, i, wp + j * k, k)
-                                                    : dot_fp32(xp + i * k, wp + j * k, k));
+      float dots[4];
+      for (int64_t j = j0; j < j1;) {
+        const int64_t rows = int8_activations && j + 4 <= j1 ? 4 : 1;
+        for (int64_t i = 0; i < m; ++i) {
+          if (!int8_activations) dots[0] = dot_fp32(xp + i * k, wp + j * k, k);
+          else if (rows == 4) dot_q8<4>(q8, i, wp + j * k, k, dots);
+          else dot_q8<1>(q8, i, wp + j * k, k, dots);
+          for (int64_t r = 0; r < rows; ++r) op[i * n + j + r] = sp[j + r] * dots[r];
+        }
+        j += rows;
+      }
     });
   }
   return out.to(x.scalar_type()).reshape(shape);
