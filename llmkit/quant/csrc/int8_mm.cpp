@@ -128,6 +128,18 @@ at::Tensor round_to_grid(const at::Tensor& x2) {
   return (at::round(blocks / at::where(d > 0, d, at::ones_like(d))) * d).reshape(x2.sizes()).to(x2.scalar_type());
 }
 
+// a small float tensor's values as fp32, read in place when they already are (decode-sized: no ATen op,
+// whose dispatch would cost more than the conversion)
+std::vector<float> as_fp32(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  std::vector<float> v(c.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, c.scalar_type(), "int8_mm", [&] {
+    const scalar_t* p = c.data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(p[i]);
+  });
+  return v;
+}
+
 at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, bool int8_activations) {
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar, "int8_mm: the weight must be (N, K) int8");
   const int64_t n = weight.size(0), k = weight.size(1);
@@ -144,31 +156,30 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
     if (int8_activations) x2 = round_to_grid(x2);
     return (at::mm(x2, weight.to(x.scalar_type()).t()) * scales.to(x.scalar_type())).reshape(shape);
   }
-  const at::Tensor xf = x.reshape({m, k}).to(at::kFloat).contiguous();
+  at::Tensor out = at::empty(shape, x.options());
+  if (m == 0) return out;
+  const std::vector<float> xf = as_fp32(x), sf = as_fp32(scales);
   const at::Tensor w = weight.contiguous();
-  const at::Tensor s = scales.to(at::kFloat).contiguous();
-  at::Tensor out = at::empty({m, n}, x.options().dtype(at::kFloat));
-  if (m > 0) {
-    const int8_t* wp = w.data_ptr<int8_t>();
-    const float *xp = xf.data_ptr<float>(), *sp = s.data_ptr<float>();
-    float* op = out.data_ptr<float>();
-    const Q8Rows q8 = int8_activations ? quantize_rows(xp, m, k) : Q8Rows{};
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const Q8Rows q8 = int8_activations ? quantize_rows(xf.data(), m, k) : Q8Rows{};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_mm", [&] {
+    scalar_t* op = out.data_ptr<scalar_t>();
     // 64 weight rows per task: enough work to pay for the dispatch, few enough to balance the threads
     at::parallel_for(0, n, 64, [&](int64_t j0, int64_t j1) {
       float dots[4];
       for (int64_t j = j0; j < j1;) {
         const int64_t rows = int8_activations && j + 4 <= j1 ? 4 : 1;
         for (int64_t i = 0; i < m; ++i) {
-          if (!int8_activations) dots[0] = dot_fp32(xp + i * k, wp + j * k, k);
+          if (!int8_activations) dots[0] = dot_fp32(xf.data() + i * k, wp + j * k, k);
           else if (rows == 4) dot_q8<4>(q8, i, wp + j * k, k, dots);
           else dot_q8<1>(q8, i, wp + j * k, k, dots);
-          for (int64_t r = 0; r < rows; ++r) op[i * n + j + r] = sp[j + r] * dots[r];
+          for (int64_t r = 0; r < rows; ++r) op[i * n + j + r] = static_cast<scalar_t>(sf[j + r] * dots[r]);
         }
         j += rows;
       }
     });
-  }
-  return out.to(x.scalar_type()).reshape(shape);
+  });
+  return out;
 }
 
 }  // namespace
