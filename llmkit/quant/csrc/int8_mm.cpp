@@ -2,7 +2,7 @@
 //
 // Decoding multiplies one to a few activation rows by every weight, so each weight is used once
 // per row and the kernel's job is to stream W. aten._weight_int8pack_mm serves that case poorly
-// (on SmolLM2-135M it took 70% of an int8 decode step), so the few-rows path is ours, parallel
+// (on SmolLM2-135M it took about 60% of an int8 decode step), so the few-rows path is ours, parallel
 // over the rows of W, in one of two numerics:
 // - exact (default): each int8 weight is widened to fp32 and multiplied into fp32 accumulators
 //   against x in fp32: the products of dequantising W, up to the order of the sums.
@@ -10,8 +10,9 @@
 //   a scale d = max|x| / 127, and 64 weights cost one VNNI instruction (vpdpbusd: unsigned bytes
 //   times signed bytes, summed in fours into int32 lanes). W's signed bytes become unsigned by
 //   flipping their top bit (w + 128); each lane starts from -128 times its 4 activations' sum, so it
-//   ends holding an exact part of one block's integer dot product, scaled by its block's d in fp32. Three times fewer instructions per weight than the exact path; each product moves
-//   by the rounding of x (~0.5%). CPUs without AVX512-VNNI compute the same integers with plain loops.
+//   ends holding an exact part of one block's integer dot product, scaled by its block's d in fp32.
+//   Three times fewer instructions per weight than the exact path; each product moves by the
+//   rounding of x (~0.5%). CPUs without AVX512-VNNI compute the same integers with plain loops.
 // Many rows (prefill, perplexity) are a GEMM problem: W is widened to x's dtype and multiplied by
 // torch's GEMM (oneDNN, AMX where present), the scales applied to the result; with int8
 // activations x is first rounded to its int8 grid (in float), so every path computes the same numbers.
