@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.quant.gguf_types import dequantize_blocks, gguf_type
-from llmkit.quant.ops import load, native  # noqa: F401 - load: gguf_ops.load() builds the kernels
+from llmkit.quant.ops import load, native, on_load  # noqa: F401 - load: gguf_ops.load() builds the kernels
 
 
-def register() -> None:
-    """The fake (meta) implementations and ``gguf_mm``'s autograd formula; called once the library is loaded."""
+def _register() -> None:
+    """The fake (meta) implementations and ``gguf_mm``'s autograd formula, once the library is loaded."""
     torch.library.register_fake("llmkit::gguf_dequantize")(_dequantize_shape)
     torch.library.register_fake("llmkit::gguf_mm")(_mm_shape)
     torch.library.register_autograd("llmkit::gguf_mm", _mm_backward, setup_context=_mm_setup)
@@ -102,3 +102,6 @@ def gguf_linear(x: torch.Tensor, weight: torch.Tensor, qtype: str | int, in_feat
         return y if bias is None else y + bias.to(y.dtype)
     w = dequantize_blocks(weight, t.name, in_features).to(x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+on_load(_register)

@@ -21,6 +21,7 @@ import functools
 import logging
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,14 +30,22 @@ SOURCES = [Path(__file__).with_name("csrc") / name for name in ("gguf_ops.cpp", 
 log = logging.getLogger(__name__)
 # read by native() while compiling instead of calling load(), which dynamo cannot trace (it builds C++)
 _STATE = {"ready": False}
+# what the wrapper modules register once the library is loaded (gguf_ops: its fakes and autograd formula)
+_ON_LOAD: list[Callable[[], None]] = []
+
+
+def on_load(register: Callable[[], None]) -> None:
+    """Run ``register`` once the operators are loaded: now if they are, else when :func:`load` succeeds."""
+    if _STATE["ready"]:
+        register()
+    else:
+        _ON_LOAD.append(register)
 
 
 @functools.cache
 def load() -> bool:
     """Build (once per machine) and load the operators; False, with a warning, if that fails."""
     from torch.utils.cpp_extension import load as build
-
-    from llmkit.quant import gguf_ops
 
     log.info("building the quantised-matmul kernels (once; cached by torch)")
     try:
@@ -47,9 +56,10 @@ def load() -> bool:
         warnings.warn(f"the quantised-matmul kernels could not be built ({type(e).__name__}: {e}); "
                       "GGUF and int8 layers compute with torch ops instead", RuntimeWarning, stacklevel=2)
         return False
-    gguf_ops.register()
     torch.library.register_fake("llmkit::int8_mm")(_int8_mm_shape)
     _STATE["ready"] = True
+    for register in _ON_LOAD:
+        register()
     return True
 
 
