@@ -18,6 +18,7 @@ layers compute the same numbers with torch ops instead.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import warnings
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("gguf_ops.cpp", "int8_mm.cpp")]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("gguf_ops.cpp", "int8_mm.cpp")]
+HEADERS = [CSRC / "q8_block.h"]  # torch rebuilds when a source changes, not a header: they go into the name
 log = logging.getLogger(__name__)
 # read by native() while compiling instead of calling load(), which dynamo cannot trace (it builds C++)
 _STATE = {"ready": False}
@@ -49,7 +52,8 @@ def load() -> bool:
 
     log.info("building the quantised-matmul kernels (once; cached by torch)")
     try:
-        name = "llmkit_quant_ops_" + re.sub(r"\W", "_", torch.__version__)
+        headers = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:8]
+        name = "llmkit_quant_ops_" + re.sub(r"\W", "_", torch.__version__) + "_" + headers
         build(name, [str(s) for s in SOURCES], is_python_module=False,
               extra_cflags=["-O3", "-march=native", "-fopenmp"])
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: use the torch fallback

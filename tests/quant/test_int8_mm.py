@@ -45,7 +45,8 @@ def test_int8_mm_keeps_leading_dims_and_dtype(dtype, int8):
     y = torch.ops.llmkit.int8_mm(x, w, scales, int8)
     assert y.shape == (2, 3, 70) and y.dtype == dtype
     ref = _reference(round_activations_int8(x.float()) if int8 else x.float(), w, scales).view(2, 3, 70)
-    torch.testing.assert_close(y.double(), ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
+    # only the output's rounding to the dtype (8 significant bits for bf16) separates them
+    torch.testing.assert_close(y.double(), ref, atol=4e-3 * ref.abs().max().item(), rtol=0)
 
 
 @built
@@ -87,12 +88,17 @@ def test_int8_activations_need_blocks_of_32():
 
 @built
 @pytest.mark.slow
-def test_compiled_int8_layer_calls_the_operator_and_matches_eager():
+def test_compiled_int8_layer_traces_the_operator_and_matches_eager():
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
     torch.manual_seed(0)
     layer = Int8Linear.from_linear(nn.Linear(64, 48).to(torch.bfloat16), int8_activations=True)
     x = torch.randn(1, 64, dtype=torch.bfloat16)
+    graphs = EagerAndRecordGraphs()
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+        torch.compile(layer, fullgraph=True, backend=graphs)(x)
+    assert "llmkit.int8_mm" in graphs.graphs[0].code
 
 
 def test_int8_activations_is_a_scheme_option_that_survives_rebuild():

@@ -22,6 +22,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "q8_block.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -226,21 +228,14 @@ struct Q8Rows {
 };
 
 Q8Rows quantize_rows(const float* x, int64_t m, int64_t k) {
-  const int64_t nb = k / 32;
+  const int64_t nb = k / llmkit_q8::kBlock;
   Q8Rows r{std::vector<int8_t>(m * k), std::vector<float>(m * nb), std::vector<float>(m * nb)};
   for (int64_t b = 0; b < m * nb; ++b) {
-    const float* xb = x + b * 32;
-    float amax = 0.f;
-    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+    int8_t* qb = r.q.data() + b * llmkit_q8::kBlock;
+    r.d[b] = llmkit_q8::quantize_block(x + b * llmkit_q8::kBlock, qb);
     int sum = 0;
-    for (int j = 0; j < 32; ++j) {
-      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
-      r.q[b * 32 + j] = static_cast<int8_t>(v);
-      sum += v;
-    }
-    r.d[b] = d;
-    r.s[b] = d * sum;
+    for (int64_t j = 0; j < llmkit_q8::kBlock; ++j) sum += qb[j];
+    r.s[b] = r.d[b] * sum;
   }
   return r;
 }

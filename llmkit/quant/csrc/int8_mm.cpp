@@ -20,8 +20,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
+#include "q8_block.h"
+
 #include <vector>
 
 #if defined(__AVX2__)
@@ -34,7 +34,7 @@
 namespace {
 
 constexpr int64_t kSmallM = 8;  // at most this many x rows take the row-streaming path
-constexpr int64_t kBlock = 32;  // activation block of the int8 numerics (llama.cpp's Q8 block)
+constexpr int64_t kBlock = llmkit_q8::kBlock;  // activation block of the int8 numerics (llama.cpp's Q8 block)
 
 // ---- exact: fp32 products ----
 
@@ -71,16 +71,10 @@ Q8Rows quantize_rows(const float* x, int64_t m, int64_t k) {
   Q8Rows r{std::vector<int8_t>(m * k), std::vector<float>(m * nb), std::vector<float>(m * k / 4),
            std::vector<int32_t>(m * k / 4)};
   for (int64_t b = 0; b < m * nb; ++b) {
-    const float* xb = x + b * kBlock;
     int8_t* qb = r.q.data() + b * kBlock;
-    float amax = 0.f;
-    for (int64_t c = 0; c < kBlock; ++c) amax = std::max(amax, std::fabs(xb[c]));
-    const float d = amax / 127.f;
-    // x / d, not x * (1 / d): the same rounding as the GEMM path's (and round_activations_int8's) grid
-    for (int64_t c = 0; c < kBlock; ++c) qb[c] = d > 0.f ? static_cast<int8_t>(std::nearbyint(xb[c] / d)) : 0;
-    r.d[b] = d;
+    r.d[b] = llmkit_q8::quantize_block(x + b * kBlock, qb);
     for (int64_t l = 0; l < kBlock / 4; ++l) {
-      r.lane_d[b * kBlock / 4 + l] = d;
+      r.lane_d[b * kBlock / 4 + l] = r.d[b];
       r.lane_excess[b * kBlock / 4 + l] = -128 * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
     }
   }
@@ -129,8 +123,8 @@ at::Tensor round_to_grid(const at::Tensor& x2) {
   return (at::round(blocks / at::where(d > 0, d, at::ones_like(d))) * d).reshape(x2.sizes()).to(x2.scalar_type());
 }
 
-// a small float tensor's values as fp32, read in place when they already are (decode-sized: no ATen op,
-// whose dispatch would cost more than the conversion)
+// a small float tensor's values copied into fp32 by a plain loop (decode-sized: an ATen .to() would
+// cost more in dispatch than the conversion)
 std::vector<float> as_fp32(const at::Tensor& t) {
   const at::Tensor c = t.contiguous();
   std::vector<float> v(c.numel());
@@ -188,14 +182,6 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
 // TORCH_LIBRARY(llmkit, ...) is llmkit/generate/decode_attention.cpp's; this file adds to that namespace
 TORCH_LIBRARY_FRAGMENT(llmkit, m) {
   m.def("int8_mm(Tensor x, Tensor weight, Tensor scales, bool int8_activations) -> Tensor");
-  // whether int8_mm(..., int8_activations=True) runs on VNNI instructions (else the same integers, slowly)
-  m.def("int8_mm_vnni() -> bool", [] {
-#ifdef LLMKIT_VNNI512
-    return true;
-#else
-    return false;
-#endif
-  });
 }
 
 TORCH_LIBRARY_IMPL(llmkit, CPU, m) { m.impl("int8_mm", &int8_mm); }
