@@ -1,7 +1,8 @@
 """The load loop: for each concurrency, ``num_requests`` requests through that many concurrent clients.
 
-Requests are llmperf's workload (:mod:`llmkit.bench.workload`), the same list
-at every concurrency so the runs differ only in load. Each run is bounded in
+Requests are llmperf's workload (:mod:`llmkit.bench.workload`): the same
+lengths at every concurrency, so the runs differ only in load, but other lines
+of text, so no run is served from the prompt caches of the one before. Each run is bounded in
 time: after ``max_seconds`` no new request starts (those running finish or
 time out after ``timeout_s``). A tqdm bar counts finished requests.
 """
@@ -85,10 +86,10 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None,
         async with httpx.AsyncClient(base_url=cfg.url.rstrip("/") + "/", headers=headers, limits=limits,
                                      timeout=httpx.Timeout(cfg.timeout_s, connect=10)) as client:
             model = await _model(client, cfg.model)
-            specs = make_requests(cfg.num_requests, cfg.input_tokens, cfg.output_tokens, cfg.seed,
-                                  count or estimate_tokens)
             runs, records = [], []
-            for c in cfg.concurrency:
+            for i, c in enumerate(cfg.concurrency):
+                specs = make_requests(cfg.num_requests, cfg.input_tokens, cfg.output_tokens, cfg.seed,
+                                      count or estimate_tokens, variant=i)
                 recs, duration = await _run_one(client, cfg, model, specs, c, count)
                 runs.append(report.summarize(recs, duration, c))
                 records += recs

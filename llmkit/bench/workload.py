@@ -71,7 +71,7 @@ class RequestSpec:
 
 
 def make_requests(n: int, input_tokens: tuple[float, float], output_tokens: tuple[float, float], seed: int = 0,
-                  count: Callable[[str], int] = estimate_tokens) -> list[RequestSpec]:
+                  count: Callable[[str], int] = estimate_tokens, variant: int = 0) -> list[RequestSpec]:
     """``n`` requests of llmperf's workload.
 
     Args:
@@ -80,12 +80,14 @@ def make_requests(n: int, input_tokens: tuple[float, float], output_tokens: tupl
         output_tokens: (mean, std) of ``max_tokens``.
         seed: seeds the lengths and the lines chosen.
         count: token counter of the served model's tokenizer.
+        variant: another choice of lines for the same lengths: each concurrency of a run gets its own,
+            so no server answers a later run from the prompt cache an earlier one filled.
     """
-    rng = random.Random(seed)
+    lengths, rng = random.Random(seed), random.Random(f"{seed}/{variant}")
     out = []
     for _ in range(n):
-        want_in = max(1, round(rng.gauss(*input_tokens)))
-        want_out = max(1, round(rng.gauss(*output_tokens)))
+        want_in = max(1, round(lengths.gauss(*input_tokens)))
+        want_out = max(1, round(lengths.gauss(*output_tokens)))
         prompt = INSTRUCTION.format(n=want_out)
         used = count(prompt)
         lines = SONNET_LINES[:]

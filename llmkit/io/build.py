@@ -42,7 +42,9 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
     if quantization is not None:
         model = _rebuild_quantized(model, quantization, float_dtype, source)
     expected = model.state_dict()
-    if cfg.tie_word_embeddings:
+    # a quantised LM head (quantize(skip=...) without "lm_head") has tensors of its own, even in a tied config
+    tied = cfg.tie_word_embeddings and type(model.lm_head) is torch.nn.Linear
+    if tied:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         expected.pop("lm_head.weight", None)
     missing = sorted(set(expected) - set(state))
@@ -60,7 +62,7 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
                                   + (" (does quantization_config match the tensors?)" if quantization else ""))
     cast = {k: (v.to(device=device, dtype=float_dtype) if _castable(v) else v.to(device)) for k, v in state.items()}
     model.load_state_dict(cast, strict=False, assign=True)
-    if cfg.tie_word_embeddings:
+    if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.rebuild_buffers(device)  # non-persistent buffers are not in the state dict
     return model.eval()

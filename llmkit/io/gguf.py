@@ -291,7 +291,7 @@ def export_gguf(model: CausalLM, path: str | Path, dtype: str = "f32",
             _add_key(writer, key, value)
         kinds = []
         for name, (w, kind) in _export_tensors(model).items():
-            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            if name == "lm_head.weight" and model.lm_head_tied:
                 continue  # llama.cpp: no output.weight means tied
             proj = name.rsplit(".", 2)[-2]
             if arch in _PERMUTED_ARCHS and proj in heads:

@@ -105,7 +105,7 @@ def save_hf(model, directory: str | Path, max_shard_bytes: int = 2 * 1024**3) ->
     mt = hf_model_type(cfg)
     state = {}
     for name, tensor in model.state_dict().items():
-        if cfg.tie_word_embeddings and name == "lm_head.weight":
+        if name == "lm_head.weight" and model.lm_head_tied:
             continue
         state[rename(name, mt, to_hf=True)] = tensor.detach().contiguous().cpu()
     dtype = next(iter(state.values())).dtype

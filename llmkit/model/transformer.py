@@ -257,6 +257,11 @@ class CausalLM(nn.Module):
         return self.lm_head(self.model.norm(x))
 
     # ----- bookkeeping -----
+    @property
+    def lm_head_tied(self) -> bool:
+        """Whether the LM head is the embedding's matrix (not so once a quantised head has replaced it)."""
+        return getattr(self.lm_head, "weight", None) is self.model.embed_tokens.weight
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (tied weights counted once)."""
         seen, total = set(), 0

@@ -122,7 +122,8 @@ def save_checkpoint(path: str | Path, model_cfg: ModelConfig, model_state: dict[
     tensors = {f"{name}:{key}": value.detach().cpu().contiguous()
                for name, per_param in optim_state["state"].items() for key, value in per_param.items()}
     with atomic_dir(path) as tmp:
-        save_hf(types.SimpleNamespace(cfg=model_cfg, state_dict=lambda: model_state), tmp)
+        save_hf(types.SimpleNamespace(cfg=model_cfg, state_dict=lambda: model_state,
+                                      lm_head_tied=model_cfg.tie_word_embeddings), tmp)
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
         (tmp / RNG_FILE).write_text(json.dumps(rng_states))
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}

@@ -24,6 +24,17 @@ def test_workload_lengths_follow_the_distribution(tokenizer):
     assert all(s.max_tokens == 7 and 140 <= s.input_tokens <= 150 for s in fixed)
 
 
+def test_workload_variants_keep_the_lengths_and_change_the_text(tokenizer):
+    """Each concurrency gets other prompts of the same lengths, so no run is served from an earlier run's cache."""
+    count = lambda s: len(tokenizer.encode(s, add_special_tokens=False))  # noqa: E731
+    a, b = (make_requests(20, (120, 30), (40, 5), seed=3, count=count, variant=v) for v in (0, 1))
+    assert [s.max_tokens for s in a] == [s.max_tokens for s in b]
+    assert all(abs(x.input_tokens - y.input_tokens) <= 8 for x, y in zip(a, b))  # both cut a line at the length
+    padded = [(x, y) for x, y in zip(a, b) if x.input_tokens > 100]  # the instruction alone is ~80 tokens
+    assert len(padded) > 10 and all(x.prompt != y.prompt for x, y in padded)
+    assert [s.prompt for s in a] == [s.prompt for s in make_requests(20, (120, 30), (40, 5), seed=3, count=count)]
+
+
 @pytest.mark.parametrize("spec,expect", [("550:150", (550, 150)), ("100", (100, 0))])
 def test_parse_length(spec, expect):
     assert parse_length(spec, "x") == expect

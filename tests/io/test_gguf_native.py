@@ -97,6 +97,21 @@ def test_export_of_an_int8_model_reads_back_as_ours(dtype, tmp_path):
     np.testing.assert_array_equal(up.dequantize().numpy(), ref.reshape(up.out_features, up.in_features))
 
 
+def test_export_of_a_quantized_head_in_a_tied_model_writes_an_output_matrix(tmp_path):
+    """A tied model whose head was quantised (the embedding kept float) exports the head as output.weight,
+    so the file reads back untied with the head's values."""
+    from llmkit.quant import quantize
+
+    torch.manual_seed(0)
+    model = quantize(CausalLM(CFG).eval(), "int8", skip=("embed_tokens",))
+    path = tmp_path / "head.gguf"
+    export_gguf(model, path, dtype="f32")
+    loaded = load_gguf(path)
+    assert not loaded.cfg.tie_word_embeddings
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.dequantize(), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight, rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_smollm2_stays_quantised(smollm2_gguf):
     """The real Q4_1 file: about its size in memory, logits as the dequantised load's, greedy decoding agrees."""

@@ -74,3 +74,28 @@ def test_merged_lora_on_a_quantized_base_saves_what_it_holds(base, tmp_path, tar
     assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
     ids = torch.randint(0, 96, (1, 8))
     assert torch.equal(loaded(ids), model(ids))
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_a_quantized_head_of_a_tied_model_saves_its_own_tensors(name, tmp_path):
+    """Quantising the LM head of a tied model unties it: the embedding stays float, the head is saved and reloaded."""
+    import dataclasses
+
+    from tests.quant.conftest import TINY
+
+    torch.manual_seed(0)
+    model = CausalLM(dataclasses.replace(TINY, tie_word_embeddings=True)).eval()
+    embedding = model.model.embed_tokens.weight.detach().clone()
+    q = quantize(model, name, skip=("embed_tokens",), **OPTIONS[name])
+    assert isinstance(q.lm_head, QuantLinear) and not q.lm_head_tied
+    assert torch.equal(q.model.embed_tokens.weight, embedding)
+    q.save_pretrained(tmp_path)
+    loaded = CausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded.lm_head, QuantLinear) and loaded.cfg.tie_word_embeddings
+    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(loaded(ids), q(ids))
+    assert torch.equal(loaded.model.embed_tokens.weight, embedding)
+    # the default (float head) stays tied through a save
+    quantize(CausalLM(dataclasses.replace(TINY, tie_word_embeddings=True)), name, **OPTIONS[name]).save_pretrained(
+        tmp_path / "tied")
+    assert CausalLM.from_pretrained(tmp_path / "tied").lm_head_tied
