@@ -35,22 +35,31 @@ namespace {
 
 constexpr int64_t kSmallM = 8;  // at most this many x rows take the row-streaming path
 constexpr int64_t kBlock = llmkit_q8::kBlock;  // activation block of the int8 numerics (llama.cpp's Q8 block)
+constexpr int64_t kPrefetch = 2048;  // bytes ahead of the weights being read that the row kernels ask for
 
 // ---- exact: fp32 products ----
 
-// sum over c < k of x[c] * w[c]; two vector accumulators so consecutive FMAs do not wait on each other
+// sum over c < k of x[c] * w[c]. Decoding streams W from memory once per token and a core alone
+// keeps too few cache-line reads in flight to reach the memory's bandwidth, so each 64 weights
+// also ask for the line kPrefetch bytes ahead (the rows of a task are contiguous, so this runs
+// on into the next row); four accumulators keep consecutive FMAs from waiting on each other.
 inline float dot_fp32(const float* x, const int8_t* w, int64_t k) {
   int64_t c = 0;
   float sum = 0.f;
 #if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  for (; c + 32 <= k; c += 32) {
-    const __m128i w0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c));
-    const __m128i w1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c + 16));
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w0)), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + c + 16), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w1)), a1);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (; c + 64 <= k; c += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + c + kPrefetch), _MM_HINT_T0);
+    for (int u = 0; u < 4; ++u) {
+      const __m128i wc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c + 16 * u));
+      acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(x + c + 16 * u), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(wc)), acc[u]);
+    }
   }
-  sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  for (; c + 16 <= k; c += 16) {
+    const __m128i wc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c));
+    acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(wc)), acc[0]);
+  }
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 #endif
   for (; c < k; ++c) sum += x[c] * static_cast<float>(w[c]);
   return sum;
@@ -99,6 +108,7 @@ inline void dot_q8(const Q8Rows& q8, int64_t i, const int8_t* w, int64_t k, floa
     const __m512i qc = _mm512_loadu_si512(q + c), excess = _mm512_loadu_si512(lane_excess + c / 4);
     const __m512 scale = _mm512_loadu_ps(lane_d + c / 4);
     for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * k + c + kPrefetch), _MM_HINT_T0);
       // starting from -128 * sum(q) makes each lane the exact q . w of its 4 columns
       const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + r * k + c), flip);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(excess, u, qc)), scale, acc[r]);
