@@ -32,14 +32,17 @@ SamplingFlags = optional_fields(SamplingParams, "SamplingFlags",
 SamplingFlags.__module__ = __name__
 
 
+QUANT_HELP = ("quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8; "
+              "options after a colon, e.g. int8:int8_activations=true or int4:group_size=32; or gguf: keep a "
+              ".gguf file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks as they are (about the file's size in memory)")
+
+
 @dataclass
 class GenerationArgs:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "model name, HF directory or .gguf file"})
     dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata={"help": "weight dtype"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the decode step (slow first call)"})
-    quant: str | None = field(default=None, metadata={
-        "help": "quantise on load with a scheme that needs no calibration: int8, int4, nf4, llm_int8, fp8; "
-                "options after a colon, e.g. int8:int8_activations=true or int4:group_size=32"})
+    quant: str | None = field(default=None, metadata={"help": QUANT_HELP})
     adapter: str | None = field(default=None, metadata={"help": "PEFT adapter directory to apply"})
     kv_cache_dtype: Literal["auto", "int8", "fp8"] = field(default="auto", metadata={
         "help": "KV-cache storage: auto (the weight dtype), or int8/fp8, a scale per token and head (half of bf16)"})
@@ -93,26 +96,40 @@ def load(args: GenerationArgs):
     import torch
 
     from llmkit.cli.args import UsageError
-    from llmkit.generate import load_model_and_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
-    if args.quant:
-        from llmkit.quant import quantize
-        from llmkit.quant.schemes import parse_scheme
-
-        try:
-            name, options = parse_scheme(args.quant)
-            quantize(model, name, **options)
-        except ValueError as e:  # an unknown or calibrated scheme, a shape it cannot take
-            raise UsageError(f"--quant: {e}") from None
+    model, tokenizer = load_quantized(args.model, dtype, device, args.quant)
     if args.adapter:
         from llmkit.peft import load_adapter
 
         if not Path(args.adapter).is_dir():
             raise UsageError(f"--adapter: no such directory {args.adapter}")
         model = load_adapter(model, args.adapter).eval()
+    return model, tokenizer
+
+
+def load_quantized(name: str, dtype, device, quant: str | None):
+    """(model, tokenizer) loaded and quantised as ``--quant`` says (None: as stored); UsageError for a bad value."""
+    from llmkit.cli.args import UsageError
+    from llmkit.generate import load_model_and_tokenizer
+
+    keep = quant == "gguf"
+    model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=device, keep_quantized=keep)
+    if keep:
+        from llmkit.quant.gguf_linear import GGUFLinear
+
+        if not any(isinstance(m, GGUFLinear) for m in model.modules()):
+            raise UsageError(f"--quant gguf keeps the quantised blocks of a .gguf file; {name} has none")
+    elif quant:
+        from llmkit.quant import quantize
+        from llmkit.quant.schemes import parse_scheme
+
+        try:
+            scheme, options = parse_scheme(quant)
+            quantize(model, scheme, **options)
+        except ValueError as e:  # an unknown or calibrated scheme, a shape it cannot take
+            raise UsageError(f"--quant: {e}") from None
     return model, tokenizer
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from llmkit.cli.generate import QUANT_HELP
+
 CPU_COMPILE_MAX_BATCH = 8  # measured: see docs/serving.md, "Benchmark"
 HELP = "Serve a model over the OpenAI API (completions, chat, streaming) with a web chat page"
 
@@ -30,6 +32,7 @@ class Args:
         "help": "require 'Authorization: Bearer KEY' on /v1/* (default: open)"})
     dtype: Literal["fp32", "bf16", "fp16"] | None = field(default=None, metadata={
         "help": "weight dtype (default: the checkpoint's)"})
+    quant: str | None = field(default=None, metadata={"help": QUANT_HELP})
     max_num_seqs: int = field(default=64, metadata={"help": "sequences decoded together at most"})
     max_queue: int = field(default=256, metadata={
         "help": "requests that may wait beyond the running batch; more get 429 with Retry-After"})
@@ -73,10 +76,13 @@ def run(args: Args) -> int:
     import uvicorn
 
     from llmkit.cli.args import UsageError
+    from llmkit.cli.generate import load_quantized
     from llmkit.engine import LLM, AsyncLLMEngine
+    from llmkit.engine.llm import DTYPES
     from llmkit.engine.model_runner import BATCH_BUCKETS
     from llmkit.io.errors import CheckpointError
     from llmkit.peft.multi_lora import read_lora
+    from llmkit.quant.schemes import QUANT_SCHEMES, parse_scheme
     from llmkit.serve import ServeConfig, build_app
 
     if not 0 < args.port < 65536:
@@ -90,9 +96,23 @@ def run(args: Args) -> int:
         except (CheckpointError, ValueError) as e:
             raise UsageError(f"--lora {name}: {e}") from None
 
+    if args.quant and args.quant != "gguf":  # a bad value fails now, not in the background load
+        try:
+            scheme, _ = parse_scheme(args.quant)
+        except ValueError as e:
+            raise UsageError(f"--quant: {e}") from None
+        if QUANT_SCHEMES[scheme].calibrated:
+            raise UsageError(f"--quant: scheme {scheme!r} needs calibration data; quantise the model with "
+                             "`llmkit quantize` and serve the result")
+
     def load() -> AsyncLLMEngine:
         cuda = torch.cuda.is_available()  # LLM's device when none is given
-        llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        model, tokenizer = args.model, None
+        if args.quant:
+            model, tokenizer = load_quantized(args.model, DTYPES.get(args.dtype), "cuda" if cuda else "cpu",
+                                              args.quant)
+        llm = LLM(model, tokenizer=tokenizer, dtype=None if args.quant else args.dtype,
+                  max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
                   kv_cache_dtype=args.kv_cache_dtype,
                   enable_prefix_caching=args.enable_prefix_caching, lora_adapters=loras, compile=args.compile,

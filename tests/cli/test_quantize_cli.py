@@ -83,3 +83,17 @@ def test_generate_takes_scheme_options_after_a_colon(tiny_dir, capsys):
         assert main([*argv, bad]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # loads SmolLM2 twice: ~5 s
+def test_generate_quant_gguf_keeps_the_files_blocks(smollm2_gguf, tiny_dir, capsys):
+    from llmkit.quant.gguf_linear import GGUFLinear
+
+    argv = ["--prompt", "Hello", "--raw", "--temperature", "0", "--max_new_tokens", "6", "--quant", "gguf"]
+    assert main(["generate", "--model", str(smollm2_gguf), *argv]) == 0
+    model, tok = load_model_and_tokenizer(smollm2_gguf, keep_quantized=True)
+    assert isinstance(model.model.layers[0].mlp.up_proj, GGUFLinear)
+    assert capsys.readouterr().out == generate(model, tok, "Hello", max_new_tokens=6).text + "\n"
+    assert main(["generate", "--model", str(tiny_dir), *argv]) == 2  # no blocks to keep
+    err = capsys.readouterr().err
+    assert "--quant gguf keeps the quantised blocks of a .gguf file" in err and len(err.strip().splitlines()) == 1
