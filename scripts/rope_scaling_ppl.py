@@ -180,7 +180,8 @@ def plot(table: dict[str, list[float]], keys: dict[str, list[float]], args: argp
         ax.set(xscale="log", yscale=yscale, xlabel="evaluation length (tokens)", ylabel=label)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0][0].legend(fontsize=8)
+    if len(args.lengths) > 1:  # the perplexity panel has a line per method
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(f"RoPE scaling beyond the trained {args.trained_len} tokens ({name})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
