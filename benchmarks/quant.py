@@ -305,7 +305,7 @@ def main() -> None:
                                "results": results}, indent=1, default=str))
     text = table(results, args)
     print("\n" + text + f"\nresults: {out}")
-    if not args.quick and not args.schemes and set(models) == set(SUBJECTS):  # only a full table replaces the docs'
+    if not args.quick and not args.schemes and set(models) == set(SUBJECTS):  # only a full table replaces the docs
         png = ROOT / "docs" / "images" / "quant_ppl_size.png"
         plot(results, png)
         for doc in (ROOT / "docs" / "quantization.md", ROOT / "README.md"):

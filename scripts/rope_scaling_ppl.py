@@ -19,8 +19,11 @@ come from these recipes:
     .venv/bin/python scripts/rope_scaling_ppl.py --model runs/rope64/model --trained_len 64 \
         --lengths 64 128 256 512 1024 2048
     .venv/bin/python scripts/rope_scaling_ppl.py --model smollm2-135m-instruct --dtype bfloat16 \
-        --trained_len 8192 --lengths 4096 8192 16384 32768 --tokens 32768 --passkey_depths 0.1 0.5 0.9 \
-        --passkey_lengths 4096 8192 16384 --out docs/images/rope_scaling_smollm2.png
+        --trained_len 8192 --lengths 8192 16384 --tokens 16384 --passkey_depths 0.5 --passkey_lengths 16384
+    .venv/bin/python scripts/rope_scaling_ppl.py --model smollm2-135m-instruct --dtype bfloat16 \
+        --trained_len 8192 --lengths 32768 --tokens 32768 --passkey_depths 0.1 0.9 --passkey_lengths 16384
+
+(docs/long-context.md's SmolLM2 table and PNG join these two runs.)
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="compute dtype (default: the file's)")
     p.add_argument("--out", default="docs/images/rope_scaling_ppl.png")
     p.add_argument("--passkey_depths", type=float, nargs="*", default=[],
-                   help="also measure passkey accuracy per method and length at these needle depths (a second PNG)")
+                   help="also measure passkey accuracy per method and length at these needle depths (a second panel)")
     p.add_argument("--passkey_trials", type=int, default=1, help="random keys per (length, depth)")
     p.add_argument("--passkey_lengths", type=int, nargs="*", default=None,
                    help="prompt lengths of the passkey test (default: --lengths)")

@@ -115,22 +115,36 @@ def load_quantized(name: str, dtype, device, quant: str | None):
     from llmkit.generate import load_model_and_tokenizer
 
     keep = quant == "gguf"
+    scheme = quant_scheme(quant) if quant and not keep else None
     model, tokenizer = load_model_and_tokenizer(name, dtype=dtype, device=device, keep_quantized=keep)
     if keep:
         from llmkit.quant.gguf_linear import GGUFLinear
 
         if not any(isinstance(m, GGUFLinear) for m in model.modules()):
             raise UsageError(f"--quant gguf keeps the quantised blocks of a .gguf file; {name} has none")
-    elif quant:
+    elif scheme:
         from llmkit.quant import quantize
-        from llmkit.quant.schemes import parse_scheme
 
         try:
-            scheme, options = parse_scheme(quant)
-            quantize(model, scheme, **options)
-        except ValueError as e:  # an unknown or calibrated scheme, a shape it cannot take
+            quantize(model, scheme[0], **scheme[1])
+        except ValueError as e:  # a layer shape the scheme cannot take
             raise UsageError(f"--quant: {e}") from None
     return model, tokenizer
+
+
+def quant_scheme(spec: str) -> tuple[str, dict]:
+    """``--quant NAME[:OPT=VAL,...]`` as (scheme, options); UsageError for an unknown, malformed or calibrated one."""
+    from llmkit.cli.args import UsageError
+    from llmkit.quant.schemes import QUANT_SCHEMES, parse_scheme
+
+    try:
+        name, options = parse_scheme(spec)
+    except ValueError as e:
+        raise UsageError(f"--quant: {e}") from None
+    if QUANT_SCHEMES[name].calibrated:
+        raise UsageError(f"--quant: scheme {name!r} needs calibration data; quantise the model with "
+                         "`llmkit quantize` and load the result")
+    return name, options
 
 
 def run(args: Args) -> int:

@@ -76,13 +76,12 @@ def run(args: Args) -> int:
     import uvicorn
 
     from llmkit.cli.args import UsageError
-    from llmkit.cli.generate import load_quantized
+    from llmkit.cli.generate import load_quantized, quant_scheme
     from llmkit.engine import LLM, AsyncLLMEngine
     from llmkit.engine.llm import DTYPES
     from llmkit.engine.model_runner import BATCH_BUCKETS
     from llmkit.io.errors import CheckpointError
     from llmkit.peft.multi_lora import read_lora
-    from llmkit.quant.schemes import QUANT_SCHEMES, parse_scheme
     from llmkit.serve import ServeConfig, build_app
 
     if not 0 < args.port < 65536:
@@ -96,14 +95,8 @@ def run(args: Args) -> int:
         except (CheckpointError, ValueError) as e:
             raise UsageError(f"--lora {name}: {e}") from None
 
-    if args.quant and args.quant != "gguf":  # a bad value fails now, not in the background load
-        try:
-            scheme, _ = parse_scheme(args.quant)
-        except ValueError as e:
-            raise UsageError(f"--quant: {e}") from None
-        if QUANT_SCHEMES[scheme].calibrated:
-            raise UsageError(f"--quant: scheme {scheme!r} needs calibration data; quantise the model with "
-                             "`llmkit quantize` and serve the result")
+    if args.quant and args.quant != "gguf":
+        quant_scheme(args.quant)  # a bad value fails now, not in the background load
 
     def load() -> AsyncLLMEngine:
         cuda = torch.cuda.is_available()  # LLM's device when none is given

@@ -42,8 +42,7 @@ def build_from_state_dict(cfg: ModelConfig, state: dict[str, torch.Tensor], dtyp
     if quantization is not None:
         model = _rebuild_quantized(model, quantization, float_dtype, source)
     expected = model.state_dict()
-    # a quantised LM head (quantize(skip=...) without "lm_head") has tensors of its own, even in a tied config
-    tied = cfg.tie_word_embeddings and type(model.lm_head) is torch.nn.Linear
+    tied = model.lm_head_tied  # False in a tied config whose head the quantization config replaced
     if tied:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         expected.pop("lm_head.weight", None)

@@ -15,7 +15,7 @@ Weight-only layers here (gpt-fast, torchao):
 - :class:`Int8Linear`: symmetric int8 per output channel; on CPU the product is our
   ``llmkit::int8_mm`` (:mod:`llmkit.quant.ops`): exact fp32 products, or with
   ``int8_activations`` llama.cpp's recipe (x rounded to int8 per 32 features, VNNI dot
-  products; on SmolLM2 1.2x the exact path's batch-1 decode speed, each product ~0.5% off).
+  products; on SmolLM2 about 1.1x the exact path's batch-1 decode speed, each product ~0.5% off).
 - :class:`Int4Linear`: asymmetric int4 per group of 32/64/128/256 input columns;
   on CPU ``aten._weight_int4pack_mm_for_cpu``, whose packed layout depends on the
   machine's vector width, so files hold the portable layout of
