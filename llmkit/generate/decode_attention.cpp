@@ -24,6 +24,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 constexpr int64_t kChunk = 128;  // slots per task, at most
@@ -78,12 +82,46 @@ inline void widen(const Fp8* src, float scale, float* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = kFp8Values[bits[j]] * scale;
 }
 
+#if defined(__AVX512F__)
+// the 16 lane sums of v[0..15] as one vector (lane t = sum of v[t]): a transpose-and-add tree, 45
+// shuffles and adds where 16 separate horizontal sums take about three times as many
+inline __m512 sum16(__m512 v[16]) {
+  __m512 x[8], y[4], z[2];
+  for (int i = 0; i < 8; ++i)  // each 128-bit lane: 2 partial sums of rows 2i and 2i+1
+    x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // each 128-bit lane: one partial sum of rows 4i .. 4i+3
+    const __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
+    y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: rows 8i..8i+3 (two halves), rows 8i+4..8i+7 (two halves)
+    z[i] = _mm512_add_ps(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xDD));
+}
+#endif
+
 // scores[t] = q . rows[t] for the n rows of a block (row length d, D when known at compile time)
 template <int64_t D>
 inline void dots(const float* __restrict q, const float* __restrict rows, int64_t n, int64_t d_,
                  float* __restrict scores) {
   const int64_t d = D > 0 ? D : d_;
-  for (int64_t t = 0; t < n; ++t) {
+  int64_t t = 0;
+#if defined(__AVX512F__)
+  if constexpr (D > 0 && D % 16 == 0) {  // 16 rows at a time, their lane sums added by one tree
+    __m512 qv[D / 16];
+    for (int64_t j = 0; j < D / 16; ++j) qv[j] = _mm512_loadu_ps(q + 16 * j);
+    for (; t + 16 <= n; t += 16) {
+      __m512 v[16];
+      for (int r = 0; r < 16; ++r) {
+        const float* row = rows + (t + r) * D;
+        v[r] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
+        for (int64_t j = 1; j < D / 16; ++j) v[r] = _mm512_fmadd_ps(qv[j], _mm512_loadu_ps(row + 16 * j), v[r]);
+      }
+      _mm512_storeu_ps(scores + t, sum16(v));
+    }
+  }
+#endif
+  for (; t < n; ++t) {
     const float* r = rows + t * d;
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
@@ -96,6 +134,19 @@ inline void dots(const float* __restrict q, const float* __restrict rows, int64_
 template <int64_t DV>
 inline void accumulate(float* __restrict acc, float corr, const float* __restrict w, const float* __restrict rows,
                        int64_t n, int64_t dv_) {
+#if defined(__AVX512F__)
+  if constexpr (DV > 0 && DV % 16 == 0 && DV <= 128) {  // the accumulator in registers, for certain
+    __m512 a[DV / 16];
+    const __m512 c = _mm512_set1_ps(corr);
+    for (int64_t j = 0; j < DV / 16; ++j) a[j] = _mm512_mul_ps(_mm512_loadu_ps(acc + 16 * j), c);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m512 wt = _mm512_set1_ps(w[t]);
+      for (int64_t j = 0; j < DV / 16; ++j) a[j] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(rows + t * DV + 16 * j), a[j]);
+    }
+    for (int64_t j = 0; j < DV / 16; ++j) _mm512_storeu_ps(acc + 16 * j, a[j]);
+    return;
+  }
+#endif
   if constexpr (DV > 0) {
     float a[DV];
 #pragma omp simd
@@ -145,54 +196,89 @@ struct PagedSlots {
   const int32_t* table;
   int64_t block_size, heads, row_stride_k, row_stride_v;  // a slot's stride: Hkv * d (and Hkv * dv)
   bool allowed(int64_t) const { return true; }
-  int64_t row(int64_t s) const { return static_cast<int64_t>(table[s / block_size]) * block_size + s % block_size; }
+  int shift;  // log2(block_size) when that is a power of two (the usual case), else -1
+  int64_t row(int64_t s) const {  // a shift where it can: a division per slot read costs as much as the arithmetic
+    if (shift >= 0) return (static_cast<int64_t>(table[s >> shift]) << shift) | (s & (block_size - 1));
+    return static_cast<int64_t>(table[s / block_size]) * block_size + s % block_size;
+  }
   const C* key(int64_t s) const { return k + row(s) * row_stride_k; }
   const C* value(int64_t s) const { return v + row(s) * row_stride_v; }
   float key_scale(int64_t s) const { return kQuantized<C> ? ks[row(s) * heads] : 1.f; }
   float value_scale(int64_t s) const { return kQuantized<C> ? vs[row(s) * heads] : 1.f; }
 };
 
-// One task: rows qf (nq, d) already scaled, slots [s0, s1) of one (batch, head).
-// Writes part = [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
-// Slots go in blocks: the block's allowed K rows are widened (and dequantized) to fp32 once and
-// scored against every query row, then its V rows likewise, so each query's accumulator stays in registers.
+// ask for the K and V rows of the given slots ahead of their use: one core keeps too few reads in
+// flight on its own, and a paged sequence's slots are scattered over blocks the hardware prefetcher
+// cannot guess
+template <typename Slots>
+inline void prefetch(const Slots* slots, int64_t heads, const int64_t* idx, int64_t n, int64_t d, int64_t dv) {
+  constexpr int64_t line = 64 / sizeof(typename Slots::Elem);  // elements per cache line
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < d; j += line) __builtin_prefetch(slots[h].key(idx[t]) + j);
+      for (int64_t j = 0; j < dv; j += line) __builtin_prefetch(slots[h].value(idx[t]) + j);
+    }
+}
+
+// the allowed slots among [b0, min(b0 + kBlock, s1)) into idx; returns how many
+template <typename Slots>
+inline int64_t allowed_slots(const Slots& slots, int64_t b0, int64_t s1, int64_t* idx) {
+  int64_t n = 0;
+  for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
+    if (slots.allowed(s)) idx[n++] = s;
+  return n;
+}
+
+// One task: slots [s0, s1) of one batch row for `heads` K/V heads (slots[h]; they share the mask), each
+// with its rows qf + h * nq * d (nq, d) already scaled. Writes, at part + h * part_stride, the head's
+// [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
+// Slots go in blocks, and a block's heads one after the other (a paged slot holds every head's row
+// side by side, so the reads go through memory in order): the allowed K rows are widened (and
+// dequantized) to fp32 once and scored against every query row, then the V rows likewise, so each
+// query's accumulator stays in registers. The next block is prefetched meanwhile.
 template <int64_t D, int64_t DV, typename Slots>
-void attend_chunk(const float* qf, const Slots& slots, int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_,
-                  float* part) {
+void attend_chunk(const float* qf, const Slots* slots, int64_t heads, int64_t s0, int64_t s1, int64_t nq,
+                  int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
-  float* m = part;
-  float* l = part + nq;
-  float* acc = part + 2 * nq;
-  std::fill(m, m + nq, kNoMax);
-  std::fill(l, l + nq, 0.f);
-  std::fill(acc, acc + nq * dv, 0.f);
+  for (int64_t h = 0; h < heads; ++h) {
+    float* ph = part + h * part_stride;
+    std::fill(ph, ph + nq, kNoMax);
+    std::fill(ph + nq, ph + nq * (dv + 2), 0.f);
+  }
   std::vector<float> rows(kBlock * std::max(d, dv));
   std::vector<float> p(nq * kBlock);
-  int64_t idx[kBlock];
+  int64_t idx[kBlock], next[kBlock];
+  int64_t n = s0 < s1 ? allowed_slots(slots[0], s0, s1, idx) : 0;
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
-    int64_t n = 0;
-    for (int64_t s = b0; s < std::min(b0 + kBlock, s1); ++s)
-      if (slots.allowed(s)) idx[n++] = s;
-    if (n == 0) continue;
-    for (int64_t t = 0; t < n; ++t) widen(slots.key(idx[t]), slots.key_scale(idx[t]), rows.data() + t * d, d);
-    for (int64_t i = 0; i < nq; ++i) dots<D>(qf + i * d, rows.data(), n, d, p.data() + i * kBlock);
-    for (int64_t t = 0; t < n; ++t)
-      widen(slots.value(idx[t]), slots.value_scale(idx[t]), rows.data() + t * dv, dv);
-    for (int64_t i = 0; i < nq; ++i) {
-      float* pi = p.data() + i * kBlock;
-      float mx = m[i];
-      for (int64_t t = 0; t < n; ++t) mx = std::max(mx, pi[t]);
-      const float corr = std::exp(m[i] - mx);  // 0 on the first block
-      float sum = 0.f;
+    const int64_t n_next = b0 + kBlock < s1 ? allowed_slots(slots[0], b0 + kBlock, s1, next) : 0;
+    prefetch(slots, heads, next, n_next, d, dv);
+    for (int64_t h = 0; h < heads && n > 0; ++h) {
+      const Slots& sl = slots[h];
+      const float* qh = qf + h * nq * d;
+      float* m = part + h * part_stride;
+      float* l = m + nq;
+      float* acc = m + 2 * nq;
+      for (int64_t t = 0; t < n; ++t) widen(sl.key(idx[t]), sl.key_scale(idx[t]), rows.data() + t * d, d);
+      for (int64_t i = 0; i < nq; ++i) dots<D>(qh + i * d, rows.data(), n, d, p.data() + i * kBlock);
+      for (int64_t t = 0; t < n; ++t) widen(sl.value(idx[t]), sl.value_scale(idx[t]), rows.data() + t * dv, dv);
+      for (int64_t i = 0; i < nq; ++i) {
+        float* pi = p.data() + i * kBlock;
+        float mx = m[i];
+        for (int64_t t = 0; t < n; ++t) mx = std::max(mx, pi[t]);
+        const float corr = std::exp(m[i] - mx);  // 0 on the first block
+        float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < n; ++t) {
-        pi[t] = std::exp(pi[t] - mx);
-        sum += pi[t];
+        for (int64_t t = 0; t < n; ++t) {
+          pi[t] = std::exp(pi[t] - mx);
+          sum += pi[t];
+        }
+        l[i] = l[i] * corr + sum;
+        m[i] = mx;
+        accumulate<DV>(acc + i * dv, corr, pi, rows.data(), n, dv);
       }
-      l[i] = l[i] * corr + sum;
-      m[i] = mx;
-      accumulate<DV>(acc + i * dv, corr, pi, rows.data(), n, dv);
     }
+    std::copy(next, next + n_next, idx);
+    n = n_next;
   }
 }
 
@@ -274,14 +360,14 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
       const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
       const StaticSlots<C> slots{kp + bh * S * d, vp + bh * S * dv, ksp ? ksp + bh * S : nullptr,
                                  vsp ? vsp + bh * S : nullptr, mp + b * mask_stride, d, dv};
-      attend(qf.data() + bh * nq * d, slots, s0, s1, nq, d, dv, parts.data() + task * part_size);
+      attend(qf.data() + bh * nq * d, &slots, 1, s0, s1, nq, d, dv, parts.data() + task * part_size, 0);
     }
   });
   merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
 }
 
 // q (B, Hkv, nq, D) against pools (num_blocks, block_size, Hkv, D): sequence b reads its first
-// context_lens[b] slots through block_tables[b]; chunks of kChunk slots are the parallel tasks.
+// context_lens[b] slots through block_tables[b]; chunks of kChunk slots, all heads, are the parallel tasks.
 template <typename T, typename C>
 void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                const at::Tensor& block_tables, const at::Tensor& context_lens, double scale,
@@ -301,13 +387,19 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
   const float* vsp = scales(v_scale);
   const int32_t* tables = block_tables.data_ptr<int32_t>();
   auto* attend = chunk_kernel<PagedSlots<C>>(d, dv);
-  at::parallel_for(0, B * H * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int shift = (block_size & (block_size - 1)) == 0 ? __builtin_ctzll(block_size) : -1;
+  // a task is one chunk of one sequence, every head: its reads go through each block in order
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<PagedSlots<C>> slots;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t c = task % chunks, bh = task / chunks, b = bh / H, h = bh % H;
+      const int64_t c = task % chunks, b = task / chunks;
       const int64_t s0 = c * kChunk, s1 = std::min<int64_t>(lens[b], s0 + kChunk);
-      const PagedSlots<C> slots{kp + h * d, vp + h * dv, ksp ? ksp + h : nullptr, vsp ? vsp + h : nullptr,
-                                tables + b * M, block_size, H, H * d, H * dv};
-      attend(qf.data() + bh * nq * d, slots, s0, std::max(s0, s1), nq, d, dv, parts.data() + task * part_size);
+      slots.clear();
+      for (int64_t h = 0; h < H; ++h)
+        slots.push_back({kp + h * d, vp + h * dv, ksp ? ksp + h : nullptr, vsp ? vsp + h : nullptr, tables + b * M,
+                         block_size, H, H * d, H * dv, shift});
+      attend(qf.data() + b * H * nq * d, slots.data(), H, s0, std::max(s0, s1), nq, d, dv,
+             parts.data() + (b * H * chunks + c) * part_size, chunks * part_size);
     }
   });
   merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
