@@ -8,7 +8,9 @@
 // into chunks of slots (flash-decoding): each (batch, head, chunk) task runs an
 // online softmax over the chunk's allowed slots only, so unwritten slots cost a mask
 // byte and nothing else, and the tasks spread over the threads even for 3 heads.
-// The chunks' partial results are merged by their running maxima and sums.
+// The chunks' partial results are merged by their running maxima and sums. A paged task takes
+// every head of its chunk (a slot holds all heads' rows side by side, so it reads each block in
+// memory order) and prefetches its next block.
 //
 // A quantized cache (int8, or fp8 e4m3) holds codes plus one fp32 scale per (token, head) row:
 // rows are dequantized as they are widened to fp32 for a block of slots, so the cache is read

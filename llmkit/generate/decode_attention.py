@@ -21,7 +21,8 @@ compiler with OpenMP and ninja, as ``torch.compile`` on CPU needs anyway) and
 cached by torch under ``~/.cache/torch_extensions``. When it cannot be built,
 a warning says why and the step keeps torch's attention. The same kernel reads a
 paged cache through block tables (:func:`paged_decode_attention`, for
-:mod:`llmkit.engine`): a slot's row is found in its block instead of at a fixed stride.
+:mod:`llmkit.engine`): a slot's row is found in its block instead of at a fixed stride, and a task
+covers one chunk of one sequence for all K/V heads, reading each block in memory order.
 Both read quantized caches too (int8 or fp8 codes with a scale per token and head,
 :mod:`llmkit.quant.kv`): a block's rows are dequantized as they are widened to fp32.
 :class:`DecodeAttention` swaps it in for ``F.scaled_dot_product_attention``
