@@ -14,6 +14,10 @@ prints the tables; ``--as_is`` scores a checkpoint under its own RoPE config
 instead (after a PI or YaRN fine-tune). The numbers in docs/long-context.md
 come from these recipes:
 
+    llmkit speedrun --minutes 8 --out runs/rope256
+    .venv/bin/python scripts/rope_scaling_ppl.py --model runs/rope256/pretrain/model --trained_len 256 \
+        --lengths 256 512 1024 2048 4096 --passkey_depths 0.1 0.5 0.9 --passkey_lengths 512 1024 2048 4096 \
+        --out docs/images/rope_scaling_speedrun.png
     llmkit train recipes/tiny-shakespeare.yaml --model nano --seq_len 64 --batch_size 16 --max_steps 400 \
         --out_dir runs/rope64
     .venv/bin/python scripts/rope_scaling_ppl.py --model runs/rope64/model --trained_len 64 \
@@ -181,6 +185,8 @@ def plot(table: dict[str, list[float]], keys: dict[str, list[float]], args: argp
             ax.plot(lengths, values, marker="o", label=m)
         ax.axvline(args.trained_len, color="grey", ls=":", lw=1)
         ax.set(xscale="log", yscale=yscale, xlabel="evaluation length (tokens)", ylabel=label)
+        if yscale == "linear":  # accuracy: the whole 0-1 range, also when every method scores 0
+            ax.set_ylim(-0.05, 1.05)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if len(args.lengths) > 1:  # the perplexity panel has a line per method
