@@ -1,4 +1,7 @@
-"""MultiLoRALinear: per token, exactly the single-adapter LoRALinear of that token's adapter (or the base)."""
+"""MultiLoRALinear: per token, the single-adapter LoRALinear of that token's adapter (or the base).
+
+Equal to rounding where adapters are stacked: the stack pads ranks, and on some BLAS builds a padded
+product sums in another order (bitwise equal on one host, 1 ulp off on another)."""
 import pytest
 import torch
 from torch import nn
@@ -31,7 +34,7 @@ def test_each_token_gets_its_own_adapter(dtype):
     with torch.no_grad():
         want = {-1: base(x), 0: singles[0](x), 1: singles[1](x)}
     for t, slot in enumerate(slots):
-        assert torch.equal(got[0, t], want[slot][0, t]), (t, slot)
+        torch.testing.assert_close(got[0, t], want[slot][0, t], msg=f"token {t}, slot {slot}")
     with torch.no_grad():  # outside a mapping, or for a slot this layer lacks, it is the base layer
         assert torch.equal(multi(x), base(x))
         with mapping.use([2] * 7, "cpu"):
