@@ -379,7 +379,11 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   int64_t longest = 1;
   for (int64_t b = 0; b < B; ++b) longest = std::max<int64_t>(longest, lens[b]);
-  const int64_t chunks = (longest + kChunk - 1) / kChunk;
+  // chunks of at most kChunk slots, and at least 4 tasks per thread when the batch is small (at batch 1
+  // a task per 128 slots would leave a thread idle at the end), but no chunk under kBlock slots
+  const int64_t few = (4 * at::get_num_threads() + B - 1) / B;
+  const int64_t chunks = std::max((longest + kChunk - 1) / kChunk, std::min(few, (longest + kBlock - 1) / kBlock));
+  const int64_t chunk_len = (longest + chunks - 1) / chunks;
   const int64_t part_size = nq * (dv + 2);
   const std::vector<float> qf = scaled_queries<T>(q, scale);
   std::vector<float> parts(B * H * chunks * part_size);
@@ -395,7 +399,7 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
     std::vector<PagedSlots<C>> slots;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t c = task % chunks, b = task / chunks;
-      const int64_t s0 = c * kChunk, s1 = std::min<int64_t>(lens[b], s0 + kChunk);
+      const int64_t s0 = c * chunk_len, s1 = std::min<int64_t>(lens[b], s0 + chunk_len);
       slots.clear();
       for (int64_t h = 0; h < H; ++h)
         slots.push_back({kp + h * d, vp + h * dv, ksp ? ksp + h : nullptr, vsp ? vsp + h : nullptr, tables + b * M,
