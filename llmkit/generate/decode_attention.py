@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from llmkit.native import build_name
 
 SOURCE = Path(__file__).with_name("decode_attention.cpp")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -53,9 +54,8 @@ def load() -> bool:
 
     log.info("building the CPU decode-attention kernel (once; cached by torch)")
     try:
-        # one build per torch version: a library built against other headers may not load
-        name = "llmkit_decode_attention_" + re.sub(r"\W", "_", torch.__version__)
-        build(name, [str(SOURCE)], is_python_module=False,
+        # one build per torch version and CPU (llmkit.native): other headers or instruction sets would not load
+        build(build_name("llmkit_decode_attention"), [str(SOURCE)], is_python_module=False,
               extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"])
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: keep torch's attention
         warnings.warn(f"the CPU decode-attention kernel could not be built ({type(e).__name__}: {e}); "

@@ -20,12 +20,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from llmkit.native import build_name
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / name for name in ("gguf_ops.cpp", "int8_mm.cpp")]
@@ -53,8 +54,7 @@ def load() -> bool:
     log.info("building the quantised-matmul kernels (once; cached by torch)")
     try:
         headers = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:8]
-        name = "llmkit_quant_ops_" + re.sub(r"\W", "_", torch.__version__) + "_" + headers
-        build(name, [str(s) for s in SOURCES], is_python_module=False,
+        build(build_name("llmkit_quant_ops", headers), [str(s) for s in SOURCES], is_python_module=False,
               extra_cflags=["-O3", "-march=native", "-fopenmp"])
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: use the torch fallback
         warnings.warn(f"the quantised-matmul kernels could not be built ({type(e).__name__}: {e}); "
