@@ -19,17 +19,22 @@ from pathlib import Path
 import torch
 
 
+def fingerprint(cpuinfo: str) -> str:
+    """8 hex digits naming the feature flags in the text of /proc/cpuinfo (x86 ``flags``, Arm ``Features``),
+    in any order; the machine and processor names when it has none."""
+    flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))),
+                 None)
+    key = " ".join(sorted(flags.split())) if flags is not None else f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:8]
+
+
 @functools.cache
 def cpu_fingerprint() -> str:
-    """8 hex digits naming this CPU's feature flags (the ``flags`` line of /proc/cpuinfo; elsewhere the
-    machine and processor names)."""
+    """:func:`fingerprint` of this machine's CPU."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = next(line.split(":", 1)[1] for line in text.splitlines() if line.startswith(("flags", "Features")))
-        key = " ".join(sorted(flags.split()))
-    except (OSError, StopIteration):
-        key = f"{platform.machine()} {platform.processor()}"
-    return hashlib.sha1(key.encode()).hexdigest()[:8]
+        return fingerprint(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux
+        return fingerprint("")
 
 
 def build_name(prefix: str, *parts: str) -> str:

@@ -125,8 +125,9 @@ def load_quantized(name: str, dtype, device, quant: str | None):
     elif scheme:
         from llmkit.quant import quantize
 
+        name, options = scheme
         try:
-            quantize(model, scheme[0], **scheme[1])
+            quantize(model, name, **options)
         except ValueError as e:  # a layer shape the scheme cannot take
             raise UsageError(f"--quant: {e}") from None
     return model, tokenizer

@@ -175,6 +175,7 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
 template <typename C>
 struct StaticSlots {
   using Elem = C;
+  static constexpr bool kScattered = false;  // rows at a fixed stride: the hardware prefetcher follows them
   const C* k;
   const C* v;
   const float* ks;  // scales; null unless quantized
@@ -191,6 +192,7 @@ struct StaticSlots {
 template <typename C>
 struct PagedSlots {
   using Elem = C;
+  static constexpr bool kScattered = true;  // rows in blocks anywhere in the pool
   const C* k;  // the pool at this head: k_pool + h * d
   const C* v;
   const float* ks;  // the scale pool at this head (k_scale + h); null unless quantized
@@ -237,7 +239,7 @@ inline int64_t allowed_slots(const Slots& slots, int64_t b0, int64_t s1, int64_t
 // Slots go in blocks, and a block's heads one after the other (a paged slot holds every head's row
 // side by side, so the reads go through memory in order): the allowed K rows are widened (and
 // dequantized) to fp32 once and scored against every query row, then the V rows likewise, so each
-// query's accumulator stays in registers. The next block is prefetched meanwhile.
+// query's accumulator stays in registers. A paged cache's next block is prefetched meanwhile.
 template <int64_t D, int64_t DV, typename Slots>
 void attend_chunk(const float* qf, const Slots* slots, int64_t heads, int64_t s0, int64_t s1, int64_t nq,
                   int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
@@ -253,7 +255,7 @@ void attend_chunk(const float* qf, const Slots* slots, int64_t heads, int64_t s0
   int64_t n = s0 < s1 ? allowed_slots(slots[0], s0, s1, idx) : 0;
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
     const int64_t n_next = b0 + kBlock < s1 ? allowed_slots(slots[0], b0 + kBlock, s1, next) : 0;
-    prefetch(slots, heads, next, n_next, d, dv);
+    if constexpr (Slots::kScattered) prefetch(slots, heads, next, n_next, d, dv);
     for (int64_t h = 0; h < heads && n > 0; ++h) {
       const Slots& sl = slots[h];
       const float* qh = qf + h * nq * d;
