@@ -15,12 +15,12 @@ for each dtype (fp32, bf16):
   hand-written server gives).
 
 It prints one table per dtype: output tok/s, p50/p99 TTFT and p50/p99 inter-token
-latency (``(e2e - ttft) / (tokens - 1)``), errors, and llmkit's ratios to llama-server
-(throughput: llmkit / llama; TTFT: llama / llmkit, so > 1 means llmkit is ahead), and
+latency (``(e2e - ttft) / (tokens - 1)``), errors, and each row's ratios to llama-server and
+transformers (throughput: ours / theirs; TTFT: theirs / ours, so > 1 means the row is ahead), and
 keeps every run's ``summary.json`` / PNGs under ``--out``. All servers get the same
 thread count. Run it with nothing else on the machine.
 
-    .venv/bin/python benchmarks/serve.py [--dtypes fp32,bf16] [--concurrency 1,4,16,64] [--num-requests 64]
+    .venv/bin/python benchmarks/serve.py [--dtypes fp32,bf16] [--concurrency 1,4,16,64] [--num-requests 32]
         [--input-tokens 550:150] [--output-tokens 150:10] [--threads N] [--skip transformers,llama] [--llmkit-args "--compile false"]
 """
 from __future__ import annotations
@@ -122,9 +122,8 @@ def table(dtype: str, results: dict[str, dict]) -> None:
     levels = [r["concurrency"] for r in next(iter(results.values()))["runs"]]
     print(f"\n## {dtype}\n")
     print("| engine | conc | out tok/s | p50 TTFT ms | p99 TTFT ms | p50 ITL ms | p99 ITL ms | errors | "
-          "tok/s ratio | p50 TTFT ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    ref = results.get("llama-server")
+          "tok/s vs llama | p50 TTFT vs llama | tok/s vs transformers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, summary in results.items():
         for i, c in enumerate(levels):
             if i >= len(summary["runs"]):
@@ -135,23 +134,30 @@ def table(dtype: str, results: dict[str, dict]) -> None:
                 v = r[metric][q]
                 return "-" if v is None else f"{v * 1000:.0f}"
 
-            ratio_tp = ratio_ttft = "-"
-            if ref is not None and name != "llama-server":
-                base = ref["runs"][i]
-                if base["mean_output_throughput_token_per_s"]:
-                    ratio_tp = f"{r['mean_output_throughput_token_per_s'] / base['mean_output_throughput_token_per_s']:.2f}"
-                if base["ttft_s"]["p50"] and r["ttft_s"]["p50"]:
-                    ratio_ttft = f"{base['ttft_s']['p50'] / r['ttft_s']['p50']:.2f}"
-            print(f"| {name} | {c} | {r['mean_output_throughput_token_per_s']:.1f} | {ms('ttft_s', 'p50')} | "
-                  f"{ms('ttft_s', 'p99')} | {ms('inter_token_latency_s', 'p50')} | {ms('inter_token_latency_s', 'p99')} | "
-                  f"{r['num_errors']} | {ratio_tp} | {ratio_ttft} |")
+            def ratio(peer, metric, q=None, inverse=False, i=i, r=r):
+                """ours / peer's (peer's / ours with inverse, so > 1 always means ours is ahead)."""
+                if peer not in results or peer == name or i >= len(results[peer]["runs"]):
+                    return "-"
+                a, b = r[metric], results[peer]["runs"][i][metric]
+                a, b = (a[q], b[q]) if q else (a, b)
+                if not a or not b:
+                    return "-"
+                return f"{(b / a if inverse else a / b):.2f}"
+
+            tp = "mean_output_throughput_token_per_s"
+            print(f"| {name} | {c} | {r[tp]:.1f} | {ms('ttft_s', 'p50')} | {ms('ttft_s', 'p99')} | "
+                  f"{ms('inter_token_latency_s', 'p50')} | {ms('inter_token_latency_s', 'p99')} | {r['num_errors']} | "
+                  f"{ratio('llama-server', tp)} | {ratio('llama-server', 'ttft_s', 'p50', inverse=True)} | "
+                  f"{ratio('transformers', tp)} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--concurrency", default="1,4,16,64")
-    ap.add_argument("--num-requests", type=int, default=64, help="per concurrency")
+    ap.add_argument("--num-requests", type=int, default=32,
+                    help="per concurrency (a level gets at least its concurrency); 32 keeps the default run, "
+                         "serial baseline included, near 1.5 h on 2 cores")
     ap.add_argument("--input-tokens", default="550:150")
     ap.add_argument("--output-tokens", default="150:10")
     ap.add_argument("--threads", type=int, default=0, help="threads of every server (0 = their default)")
@@ -196,7 +202,9 @@ def main() -> None:
                 cfg = BenchConfig(f"{server.url}/v1", MODEL, levels, args.num_requests,
                                   parse_length(args.input_tokens, "input-tokens"),
                                   parse_length(args.output_tokens, "output-tokens"), ignore_eos=True,
-                                  max_seconds=args.max_seconds)
+                                  max_seconds=args.max_seconds,
+                                  # the serial baseline answers 64 queued clients one by one: ~10 min for the last
+                                  timeout_s=3600)
                 results[engine] = run_bench(cfg, Path(args.out) / f"{engine}-{dtype}",
                                             count=lambda s: len(tok.encode(s, add_special_tokens=False)))
             finally:

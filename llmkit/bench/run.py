@@ -1,5 +1,8 @@
 """The load loop: for each concurrency, ``num_requests`` requests through that many concurrent clients.
 
+A level gets at least as many requests as its concurrency: with fewer, it would never reach
+the load it is labelled with.
+
 Requests are llmperf's workload (:mod:`llmkit.bench.workload`): the same
 lengths at every concurrency, so the runs differ only in load, but other lines
 of text, so no run is served from the prompt caches of the one before. Each run is bounded in
@@ -28,7 +31,7 @@ class BenchConfig:
     url: str  # the API base, e.g. http://127.0.0.1:8000/v1
     model: str | None = None  # None = the first model the endpoint lists
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
-    num_requests: int = 64  # per concurrency
+    num_requests: int = 64  # per concurrency (at least the concurrency)
     input_tokens: tuple[float, float] = (550, 150)  # mean, std
     output_tokens: tuple[float, float] = (150, 10)
     stream: bool = True
@@ -88,7 +91,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path | None = None,
             model = await _model(client, cfg.model)
             runs, records = [], []
             for i, c in enumerate(cfg.concurrency):
-                specs = make_requests(cfg.num_requests, cfg.input_tokens, cfg.output_tokens, cfg.seed,
+                specs = make_requests(max(cfg.num_requests, c), cfg.input_tokens, cfg.output_tokens, cfg.seed,
                                       count or estimate_tokens, variant=i)
                 recs, duration = await _run_one(client, cfg, model, specs, c, count)
                 runs.append(report.summarize(recs, duration, c))

@@ -17,7 +17,7 @@ class Args:
     model: str | None = field(default=None, metadata={"help": "model name (default: the first the server lists)"})
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64], metadata={
         "help": "comma-separated concurrent clients, one run each"})
-    num_requests: int = field(default=64, metadata={"help": "requests per concurrency"})
+    num_requests: int = field(default=64, metadata={"help": "requests per concurrency (a level gets at least its concurrency)"})
     input_tokens: str = field(default="550:150", metadata={"help": "prompt tokens MEAN[:STD]"})
     output_tokens: str = field(default="150:10", metadata={"help": "max_tokens MEAN[:STD]"})
     stream: bool = field(default=True, metadata={"help": "stream responses (needed for TTFT and ITL)"})

@@ -80,6 +80,13 @@ def test_bench_against_live_server(server, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_level_gets_at_least_its_concurrency(server):
+    cfg = BenchConfig(f"{server.url}/v1", concurrency=(1, 3), num_requests=2, input_tokens=(10, 0),
+                      output_tokens=(2, 0), ignore_eos=True, max_seconds=60, timeout_s=60)
+    runs = run_bench(cfg)["runs"]
+    assert [r["num_completed_requests"] for r in runs] == [2, 3]
+
+
 def test_errors_are_counted_not_raised(server, tmp_path):
     cfg = BenchConfig(f"{server.url}/v1", model="no-such-model", concurrency=(2,), num_requests=3,
                       input_tokens=(10, 0), output_tokens=(2, 0))
