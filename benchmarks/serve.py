@@ -17,8 +17,8 @@ for each dtype (fp32, bf16):
 It prints one table per dtype: output tok/s, p50/p99 TTFT and p50/p99 inter-token
 latency (``(e2e - ttft) / (tokens - 1)``), errors, and each row's ratios to llama-server and
 transformers (throughput: ours / theirs; TTFT: theirs / ours, so > 1 means the row is ahead), and
-keeps every run's ``summary.json`` / PNGs under ``--out``. All servers get the same
-thread count. Run it with nothing else on the machine.
+keeps every run's ``summary.json`` / PNGs under ``--out``, with one ``serve_<dtype>.png`` comparing
+the servers. All servers get the same thread count. Run it with nothing else on the machine.
 
     .venv/bin/python benchmarks/serve.py [--dtypes fp32,bf16] [--concurrency 1,4,16,64] [--num-requests 32]
         [--input-tokens 550:150] [--output-tokens 150:10] [--threads N] [--skip transformers,llama] [--llmkit-args "--compile false"]
@@ -151,6 +151,32 @@ def table(dtype: str, results: dict[str, dict]) -> None:
                   f"{ratio('transformers', tp)} |")
 
 
+def plot(dtype: str, results: dict[str, dict], path: Path) -> None:
+    """One PNG per dtype: output tok/s, p50 TTFT and p50 ITL vs concurrency, a line per server."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (("mean_output_throughput_token_per_s", None, "output tokens / s"),
+              ("ttft_s", "p50", "p50 time to first token (s)"),
+              ("inter_token_latency_s", "p50", "p50 inter-token latency (s)"))
+    for ax, (metric, q, label) in zip(axes, panels):
+        for name, summary in results.items():
+            conc = [r["concurrency"] for r in summary["runs"]]
+            ys = [r[metric][q] if q else r[metric] for r in summary["runs"]]
+            ax.plot(conc, [float("nan") if y is None else y for y in ys], "o-", label=name)
+            ax.set(xscale="log", xticks=conc, xticklabels=[str(c) for c in conc])
+        ax.set(xlabel="concurrency", ylabel=label, yscale="linear" if q is None else "log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{MODEL} served on loopback, {dtype}: llmperf workload, streamed")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtypes", default="fp32,bf16")
@@ -210,6 +236,7 @@ def main() -> None:
             finally:
                 server.close()
         table(dtype, results)
+        plot(dtype, results, Path(args.out) / f"serve_{dtype}.png")
 
 
 if __name__ == "__main__":

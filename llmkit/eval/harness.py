@@ -1,10 +1,12 @@
 """lm-eval-harness adapter: any llmkit model as lm_eval's ``llmkit`` model.
 
 Importing this module registers :class:`LlmkitLM` under the name ``llmkit``
-in lm_eval's model registry. lm_eval (0.4.x) has no plugin entry point for
-models, so its own ``lm_eval`` script cannot see the name; run the same
-command line through this module instead, which registers it and then hands
-over to lm_eval's CLI::
+in lm_eval's model registry, and llmkit's package metadata declares it in the
+``lm_eval.models`` entry-point group. lm_eval releases after 0.4.13 discover
+that group (lm-evaluation-harness PR #4013, "runtime plugin registration
+for model backends"), so their own ``lm_eval --model llmkit ...`` works as is.
+0.4.13 and earlier never look at entry points; there, run the same command line
+through this module, which registers the name and then hands over to lm_eval's CLI::
 
     python -m llmkit.eval.harness --model llmkit --model_args pretrained=smollm2-135m-instruct \\
         --tasks hellaswag --batch_size 8

@@ -31,6 +31,7 @@ import torch
 
 from llmkit.generate import decode_attention
 from llmkit.generate.rowwise import RowwiseLinear
+from llmkit.quant import ops as quant_ops
 
 
 # inductor's wrapper checks the size, stride and alignment of every input on every call (a few
@@ -69,6 +70,7 @@ def compile_step(fn: Callable[..., Any], device: torch.device, enabled: bool = T
 def _cpu_rewrites(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with the CPU decode substitutions active (the attention kernel only if it builds)."""
     kernel = decode_attention.load()
+    quant_ops.load()  # the few-rows matmul kernel of RowwiseLinear; built here, outside tracing
 
     @functools.wraps(fn)
     def wrapped(*args: Any) -> Any:

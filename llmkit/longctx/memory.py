@@ -36,7 +36,7 @@ from torch import nn
 
 from llmkit.generate.sampling import SamplingParams
 from llmkit.longctx.sampling import generate_by_feeding
-from llmkit.longctx.swap import project_out, project_qkv, swap_attention
+from llmkit.longctx.swap import swap_attention
 from llmkit.model import CausalLM
 from llmkit.model.attention import Attention
 from llmkit.model.metadata import AttentionMetadata
@@ -77,7 +77,7 @@ class MemoryAttention(nn.Module):
         return apply_rope(x, cos, sin, layout=self.base.cfg.rope_layout)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = project_qkv(self.base, x)  # unrotated
+        q, k, v = self.base.project_qkv(x)  # unrotated
         b, h, t, d = q.shape
         hkv = k.shape[1]
         lk, lv, lscore = self.local or (k[:, :, :0], v[:, :, :0], k.new_zeros(b, hkv, 0))
@@ -107,7 +107,7 @@ class MemoryAttention(nn.Module):
 
         received = local.masked_fill(~visible, 0).sum(dim=(2, 3))  # (B, Hkv, L): scores each key got
         self._advance(keys, values, torch.cat([lscore, lscore.new_zeros(b, hkv, t)], dim=2) + received)
-        return project_out(self.base, out.view(b, h, t, -1).to(x.dtype))
+        return self.base.project_out(out.view(b, h, t, -1).to(x.dtype))
 
     def _advance(self, keys: torch.Tensor, values: torch.Tensor, score: torch.Tensor) -> None:
         """Keep the last ``window`` tokens; the rest fill the sinks first, then go to the memory at position 0."""

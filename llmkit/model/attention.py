@@ -78,11 +78,7 @@ class Attention(nn.Module):
         or into ``meta.paged``'s pool (B = 1) in an engine step."""
         b, t, _ = x.shape
         rope = meta.rope
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.project_qkv(x)
         if rope is not None:
             q = apply_rope(q, *rope, layout=self.cfg.rope_layout)
             k = apply_rope(k, *rope, layout=self.cfg.rope_layout)
@@ -93,15 +89,31 @@ class Attention(nn.Module):
         if self.kv_cache is not None and meta.input_pos is not None:
             if t == 1 and self.kv_cache.decode_kernel is not None and meta.prefix_kv is None:
                 # a quantized cache's decode step: the kernel reads the codes in place
-                y = self.kv_cache.decode(meta.input_pos, q, k, v, meta.mask, self.head_dim ** -0.5)
-                return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+                return self.project_out(self.kv_cache.decode(meta.input_pos, q, k, v, meta.mask, self.head_dim ** -0.5))
             k, v = self.kv_cache.update(meta.input_pos, k, v)  # (B, Hkv, S, D)
         if meta.prefix_kv is not None:
             pk, pv = meta.prefix_kv[self.layer_idx].to(k.dtype)  # (Hkv, n, D) each
             k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
         dropout = self.cfg.attn_dropout if self.training else 0.0
-        y = attend(q, k, v, meta.mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout)
+        return self.project_out(attend(q, k, v, meta.mask, self.head_dim ** -0.5, self.cfg.attn_impl, dropout))
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, dim) -> q (B, H, T, D), k and v (B, Hkv, T, D): QK-norm applied, RoPE not yet.
+
+        Also the entry point of attention cores that replace this one's softmax (:mod:`llmkit.longctx.swap`),
+        so that they keep its weights, adapters and quantized linears."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def project_out(self, y: torch.Tensor) -> torch.Tensor:
+        """Attention output y (B, H, T, Dv) -> (B, T, dim) through ``o_proj``."""
+        b, _, t, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from llmkit.longctx.swap import project_out, project_qkv, swap_attention
+from llmkit.longctx.swap import swap_attention
 from llmkit.config import ModelConfig
 from llmkit.model import CausalLM
 from llmkit.model.attention import Attention
@@ -52,11 +52,11 @@ class SequenceParallelAttention(nn.Module):
     def forward(self, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         if meta.input_pos is not None or meta.prefix_kv is not None:
             raise ValueError("sequence parallelism runs without a KV cache or prefix_kv")
-        q, k, v = project_qkv(self.base, x)
+        q, k, v = self.base.project_qkv(x)
         if meta.rope is not None:
             layout = self.base.cfg.rope_layout
             q, k = apply_rope(q, *meta.rope, layout=layout), apply_rope(k, *meta.rope, layout=layout)
-        return project_out(self.base, self.attend(q, k, v, causal=True, group=self.group))
+        return self.base.project_out(self.attend(q, k, v, causal=True, group=self.group))
 
 
 def check_sequence_parallel(cfg: ModelConfig, method: str, world: int) -> None:

@@ -54,11 +54,11 @@ from llmkit.peft.prompt import VirtualTokenLM
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-# peft config fields that change the math; anything but these values is refused on load
 VIRTUAL_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 VIRTUAL_TENSOR = "prompt_embeddings"
-_UNSUPPORTED = {"bias": "none", "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None,
-                "alpha_pattern": {}, "use_qalora": False, "lora_bias": False, "layer_replication": None}
+# peft config fields that change the math; anything but these values is refused on load
+SUPPORTED_VALUES = {"bias": "none", "fan_in_fan_out": False, "modules_to_save": None, "layers_to_transform": None,
+                    "alpha_pattern": {}, "use_qalora": False, "lora_bias": False, "layer_replication": None}
 
 
 def _targets(model: nn.Module, paths: list[str]) -> list[str] | str:
@@ -139,8 +139,12 @@ def _layer_adapters(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, tensors
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The config and the flat tensors."""
+def read_adapter(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An adapter directory's config and flat tensors.
+
+    Raises:
+        CheckpointError: a missing or corrupt file.
+    """
     try:
         config = json.loads((directory / CONFIG_NAME).read_text())
         with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
@@ -152,8 +156,19 @@ def _read(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, flat
 
 
-def _group(directory: Path, flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Layer-adapter tensors grouped by module path."""
+def check_supported(directory: Path, config: dict) -> None:
+    """Refuse a layer adapter whose config asks for math llmkit does not implement (:data:`SUPPORTED_VALUES`)."""
+    for field, ok in SUPPORTED_VALUES.items():
+        if config.get(field) and config[field] != ok:
+            raise ValueError(f"{directory}: {field}={config[field]!r} is not supported")
+
+
+def group_by_module(directory: Path, flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Layer-adapter tensors grouped by module path.
+
+    Raises:
+        CheckpointError: a tensor name outside peft's layout.
+    """
     grouped: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for key, t in flat.items():
         if not key.startswith(PREFIX):
@@ -203,17 +218,15 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         place, for layer adapters (LoRA family, IA3); a wrapper around it for virtual tokens.
     """
     directory = Path(directory)
-    config, flat = _read(directory)
+    config, flat = read_adapter(directory)
     kind = config.get("peft_type")
     if kind in VIRTUAL_TYPES:
         return _load_virtual(model, directory, config, flat)
     if kind not in ("LORA", "IA3"):
         raise ValueError(f"{directory}: peft_type={kind!r}; llmkit loads LORA, IA3, "
                          f"{', '.join(VIRTUAL_TYPES)} adapters")
-    grouped = _group(directory, flat)
-    for field, ok in _UNSUPPORTED.items():
-        if config.get(field) and config[field] != ok:
-            raise ValueError(f"{directory}: {field}={config[field]!r} is not supported")
+    grouped = group_by_module(directory, flat)
+    check_supported(directory, config)
     for path, tensors in grouped.items():
         try:
             base = model.get_submodule(path)

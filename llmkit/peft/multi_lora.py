@@ -44,7 +44,7 @@ from torch import nn
 from llmkit.io.errors import CheckpointError
 from llmkit.peft.apply import LINEAR_KINDS
 from llmkit.peft.base import module_device, replace_module
-from llmkit.peft.format import _UNSUPPORTED, _group, _read
+from llmkit.peft.format import check_supported, group_by_module, read_adapter
 
 
 class LoRAMapping:
@@ -141,16 +141,14 @@ def read_lora(directory: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tens
         ValueError: an adapter kind or setting multi-LoRA serving does not implement.
     """
     directory = Path(directory)
-    config, flat = _read(directory)
+    config, flat = read_adapter(directory)
     if config.get("peft_type") != "LORA":
         raise ValueError(f"peft_type={config.get('peft_type')!r}; multi-LoRA serving loads LORA adapters")
-    for key, ok in _UNSUPPORTED.items():
-        if config.get(key) and config[key] != ok:
-            raise ValueError(f"{key}={config[key]!r} is not supported")
+    check_supported(directory, config)
     if config.get("use_dora"):
         raise ValueError("DoRA adapters are not supported by multi-LoRA serving (merge it into the model instead)")
     out = {}
-    for path, tensors in _group(directory, flat).items():
+    for path, tensors in group_by_module(directory, flat).items():
         if set(tensors) != {"lora_A.weight", "lora_B.weight"}:
             raise ValueError(f"{path} has tensors {sorted(tensors)}; multi-LoRA serving adapts linear layers "
                              "(lora_A.weight, lora_B.weight) only")

@@ -1,4 +1,5 @@
-"""The quantised-matmul C++ operators: built once per machine, then given what the compiler needs.
+"""The matmul C++ operators (quantised, and dense for a few rows): built once per machine, then given
+what the compiler needs.
 
 One library from ``csrc/``, in the ``llmkit`` operator namespace:
 
@@ -6,7 +7,10 @@ One library from ``csrc/``, in the ``llmkit`` operator namespace:
   (:mod:`llmkit.quant.gguf_ops` wraps them);
 - ``int8_mm.cpp``: ``int8_mm(x, weight, scales, int8_activations)``, the CPU product of
   :class:`~llmkit.quant.linear.Int8Linear` (per-channel int8 weights, exact fp32 products or
-  llama.cpp's int8-rounded activations on VNNI).
+  llama.cpp's int8-rounded activations on VNNI);
+- ``few_rows_mm.cpp``: ``few_rows_mm(x, weight, bias)``, ``F.linear`` for at most 16 rows of fp32
+  or bf16 that streams the weight once (decode steps: :mod:`llmkit.generate.rowwise` routes
+  compiled steps' few-row linears to it).
 
 They are compiled on first use, as the decode-attention kernel is
 (:mod:`llmkit.generate.decode_attention`: ``-march=native``, cached by torch under
@@ -29,7 +33,7 @@ import torch
 from llmkit.native import build_name
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / name for name in ("gguf_ops.cpp", "int8_mm.cpp")]
+SOURCES = [CSRC / name for name in ("gguf_ops.cpp", "int8_mm.cpp", "few_rows_mm.cpp")]
 HEADERS = [CSRC / "q8_block.h"]  # torch rebuilds when a source changes, not a header: they go into the name
 log = logging.getLogger(__name__)
 # read by native() while compiling instead of calling load(), which dynamo cannot trace (it builds C++)
@@ -61,6 +65,7 @@ def load() -> bool:
                       "GGUF and int8 layers compute with torch ops instead", RuntimeWarning, stacklevel=2)
         return False
     torch.library.register_fake("llmkit::int8_mm")(_int8_mm_shape)
+    torch.library.register_fake("llmkit::few_rows_mm")(_few_rows_mm_shape)
     _STATE["ready"] = True
     for register in _ON_LOAD:
         register()
@@ -76,5 +81,10 @@ def native(t: torch.Tensor) -> bool:
 
 def _int8_mm_shape(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor,
                    int8_activations: bool) -> torch.Tensor:
+    torch._check(x.shape[-1] == weight.shape[1])
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def _few_rows_mm_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     torch._check(x.shape[-1] == weight.shape[1])
     return x.new_empty(*x.shape[:-1], weight.shape[0])

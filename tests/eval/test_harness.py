@@ -134,3 +134,17 @@ def test_registered_for_the_command_line(checkpoint):
     assert cls is harness.LlmkitLM
     lm = cls.create_from_arg_string(f"pretrained={checkpoint},dtype=float32", {"batch_size": 2, "device": "cuda"})
     assert lm.batch_size == 2 and lm.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_declared_as_an_lm_eval_plugin():
+    """lm_eval after 0.4.13 registers each ``lm_eval.models`` entry point as a lazy placeholder in its model
+    registry; ours must resolve, through lm_eval's own Registry, to the adapter."""
+    from importlib.metadata import entry_points
+
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import Registry
+
+    (ep,) = [e for e in entry_points(group="lm_eval.models") if e.name == "llmkit"]
+    registry = Registry("model", base_cls=LM)
+    registry.register("llmkit", target=ep)
+    assert registry.get("llmkit") is harness.LlmkitLM

@@ -44,7 +44,7 @@ def test_mode_rewrites_only_small_batches(monkeypatch):
     w, b = _weights()
     one, many = torch.randn(1, 1, 32), torch.randn(3, 1, 32)
     module = torch.nn.Linear(32, 48)
-    with RowwiseLinear(max_rows=2):
+    with RowwiseLinear(max_rows=2, few_rows=2):
         small, large, via_module = F.linear(one, w, b), F.linear(many, w, b), module(one)
     assert calls == [1, 1]  # the 3-row call kept F.linear
     assert torch.equal(large, F.linear(many, w, b))
@@ -87,3 +87,35 @@ def test_materialised_input_keeps_the_product(monkeypatch):
     norm = torch.nn.RMSNorm(32)
     compiled = _compiled_under_mode(lambda a: F.linear(norm(a), w, b))
     torch.testing.assert_close(compiled(x), F.linear(norm(x), w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_a_few_rows_go_to_the_kernel(monkeypatch):
+    """2..few_rows rows take llmkit::few_rows_mm where it applies (fp32/bf16 on the CPU); more rows, or a
+    tensor it does not take, keep F.linear."""
+    seen = []
+    monkeypatch.setattr(rowwise_mod, "few_rows_kernel_applies", lambda x, w: seen.append(x.shape) or True)
+    monkeypatch.setattr(torch.ops.llmkit, "few_rows_mm", lambda x, w, b: F.linear(x, w, b) + 1, raising=False)
+    w, b = _weights()
+    with RowwiseLinear(max_rows=1, few_rows=4):
+        four, five = F.linear(torch.zeros(4, 32), w, bias=b), F.linear(torch.zeros(5, 32), w, b)
+    assert seen == [(4, 32)]
+    torch.testing.assert_close(four, b.expand(4, -1) + 1)  # the kernel's result, bias passed by keyword
+    torch.testing.assert_close(five, b.expand(5, -1))
+
+
+def test_kernel_applies_to_matching_cpu_floats():
+    w = torch.randn(8, 16)
+    if not rowwise_mod.ops.load():
+        assert not rowwise_mod.few_rows_kernel_applies(torch.randn(2, 16), w)
+        return
+    assert rowwise_mod.few_rows_kernel_applies(torch.randn(2, 16), w)
+    assert rowwise_mod.few_rows_kernel_applies(torch.randn(2, 16).bfloat16(), w.bfloat16())
+    assert not rowwise_mod.few_rows_kernel_applies(torch.randn(2, 16).half(), w.half())
+    assert not rowwise_mod.few_rows_kernel_applies(torch.randn(2, 16).bfloat16(), w)
+
+
+def test_compiled_few_rows_match_linear():
+    w, b = _weights()
+    x = torch.randn(4, 32)
+    compiled = _compiled_under_mode(lambda a: F.linear(a, w, b))
+    torch.testing.assert_close(compiled(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
