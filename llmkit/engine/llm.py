@@ -45,7 +45,8 @@ class LLM:
         compile_max_batch: with ``compile``, compile only decode steps of at most this many sequences
             (on CPU compiling pays at small batches, where per-op overhead dominates).
         **engine: :class:`LLMEngine` options (max_num_seqs, max_num_batched_tokens, block_size,
-            kv_cache_memory, kv_cache_dtype, enable_prefix_caching, speculative, lora_adapters).
+            kv_cache_memory, kv_cache_dtype, enable_prefix_caching, speculative, lora_adapters,
+            prepack_weights).
     """
 
     def __init__(self, model: str | os.PathLike | CausalLM, *, tokenizer: Tokenizer | None = None,
@@ -54,7 +55,8 @@ class LLM:
                  kv_cache_memory: int | str | None = None, kv_cache_dtype: str | None = None,
                  enable_prefix_caching: bool = True,
                  speculative: SpeculativeConfig | None = None, compile: bool | None = None,
-                 lora_adapters: Mapping[str, str | os.PathLike] | None = None, compile_max_batch: int = BATCH_BUCKETS[-1]):
+                 lora_adapters: Mapping[str, str | os.PathLike] | None = None, compile_max_batch: int = BATCH_BUCKETS[-1],
+                 prepack_weights: bool | None = None):
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -77,7 +79,8 @@ class LLM:
                                 enable_prefix_caching=enable_prefix_caching,
                                 speculative=speculative,
                                 compile=model.device.type == "cuda" if compile is None else compile,
-                                lora_adapters=lora_adapters, compile_max_batch=compile_max_batch)
+                                lora_adapters=lora_adapters, compile_max_batch=compile_max_batch,
+                                prepack_weights=prepack_weights)
         self._next_id = 0
 
     @property

@@ -85,6 +85,9 @@ class LLMEngine:
         compile: run decode-only steps through ``torch.compile`` (one compile per batch bucket).
         compile_max_batch: compile only decode steps of at most this many sequences; larger ones run eager.
         lora_adapters: {name: directory} of peft-format LoRA adapters to serve (see :meth:`add_lora`).
+        prepack_weights: run eager steps on oneDNN-prepacked copies of the linear weights
+            (:mod:`llmkit.generate.packed`: 1.1x the fp32 throughput on a 2-core Zen 4, for a second copy
+            of the weights); None = on the CPU.
     """
 
     def __init__(self, model: CausalLM, tokenizer: Tokenizer, *, max_num_seqs: int = 64,
@@ -92,7 +95,7 @@ class LLMEngine:
                  kv_cache_dtype: str | None = None,
                  enable_prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
                  compile: bool = False, lora_adapters: Mapping[str, str | os.PathLike] | None = None,
-                 compile_max_batch: int = BATCH_BUCKETS[-1]):
+                 compile_max_batch: int = BATCH_BUCKETS[-1], prepack_weights: bool | None = None):
         cfg = getattr(model, "cfg", None)
         if not isinstance(model, CausalLM):
             raise TypeError(f"the engine runs a CausalLM, got {type(model).__name__} "
@@ -112,7 +115,7 @@ class LLMEngine:
         if num_blocks < 1:
             raise ValueError(f"kv_cache_memory={kv_cache_memory!r} is smaller than one KV block ({per_block} bytes)")
         self.runner = ModelRunner(model, num_blocks, block_size, compile=compile, kv_cache_dtype=kv_cache_dtype,
-                                  compile_max_batch=compile_max_batch)
+                                  compile_max_batch=compile_max_batch, prepack=prepack_weights)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, self.lookahead)
         self.proposer = build_proposer(speculative, draft, num_blocks, block_size) if speculative else None

@@ -27,6 +27,7 @@ an adapter run eager).
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence as Seq
 from typing import NamedTuple
 
@@ -34,6 +35,7 @@ import torch
 
 from llmkit.generate import decode_attention
 from llmkit.generate.compile import compile_step
+from llmkit.generate.packed import PackedLinear
 
 from llmkit.model import CausalLM
 from llmkit.model.metadata import PagedMetadata
@@ -95,10 +97,13 @@ class ModelRunner:
         compile_max_batch: compile only steps of at most this many sequences (rounded up to a bucket);
             larger ones run eager.
         kv_cache_dtype: None/"auto" (pools in the model's dtype), "int8" or "fp8" (:mod:`llmkit.quant.kv`).
+        prepack: run eager steps on oneDNN-prepacked linear weights (:mod:`llmkit.generate.packed`; a second
+            copy of them); None = on the CPU.
     """
 
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int, compile: bool = False,
-                 kv_cache_dtype: str | None = None, compile_max_batch: int = BATCH_BUCKETS[-1]):
+                 kv_cache_dtype: str | None = None, compile_max_batch: int = BATCH_BUCKETS[-1],
+                 prepack: bool | None = None):
         if compile_max_batch < 1:
             raise ValueError(f"compile_max_batch must be >= 1, got {compile_max_batch}")
         block_bytes(model, block_size, model.dtype, kv_cache_dtype)  # refuses a bad or unsupported kv_cache_dtype
@@ -121,6 +126,9 @@ class ModelRunner:
                        if self.device.type == "cpu" and decode_attention.load() else None)
         self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> compiled decode step
         self.lora_mapping = LoRAMapping()  # each step's per-token adapter slots, read by MultiLoRALinear layers
+        if prepack is None:
+            prepack = self.device.type == "cpu"
+        self.packed = PackedLinear(model) if prepack else contextlib.nullcontext()
 
     def copy_blocks(self, copies: Seq[tuple[int, int]]) -> None:
         """Copy-on-write: block ``src``'s slots to block ``dst`` in every layer's pools."""
@@ -163,7 +171,7 @@ class ModelRunner:
         paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
                               torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
                               sum(1 for q in qlens if q == 1), masks, self.kernel)
-        with self.lora_mapping.use(loras, dev):
+        with self.lora_mapping.use(loras, dev), self.packed:
             logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
                                 paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()
         out: list[torch.Tensor] = [None] * len(feeds)  # type: ignore[list-item]
