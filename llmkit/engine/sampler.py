@@ -19,7 +19,7 @@ import torch
 
 from llmkit.engine.sequence import Sequence
 from llmkit.generate import processors as P
-from llmkit.generate.sampling import SamplingParams
+from llmkit.generate.sampling import SamplingParams, gumbel_noise
 
 
 def _column(values: list[float], device: torch.device) -> torch.Tensor:
@@ -81,7 +81,7 @@ def sample(logits: torch.Tensor, params: Seq[SamplingParams], generators: Seq[to
     noise = torch.zeros_like(logits)
     for i, (p, g) in enumerate(zip(params, generators)):
         if not p.greedy:
-            noise[i].exponential_(generator=g).log_().neg_()
+            noise[i] = gumbel_noise(logits.shape[1:], logits.device, g)
     return (logits + noise).argmax(dim=-1)
 
 

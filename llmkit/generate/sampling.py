@@ -128,9 +128,12 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, prompt_seen: to
     return logits
 
 
-def gumbel_noise(shape: tuple[int, int], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) standard Gumbel noise, ``-log(E)`` with ``E ~ Exp(1)``, drawn from ``generator``."""
-    return torch.empty(shape, device=device).exponential_(generator=generator).log_().neg_()
+def gumbel_noise(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) standard Gumbel noise, ``-log(-log U)`` with ``U ~ Uniform(0, 1)``, drawn from ``generator``."""
+    # from uniforms rather than Tensor.exponential_, which on the CPU took 0.93 ms for one row of a
+    # 49k vocabulary (7x torch.rand): a millisecond of every sampled batch-1 decode step
+    u = torch.rand(shape, device=device, generator=generator)
+    return u.clamp_(min=torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_()
 
 
 def select(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:

@@ -21,6 +21,12 @@ import torch
 from llmkit.longctx.memory import MemoryLM, append_tokens
 from llmkit.model import CausalLM
 
+# retrieved keys are attended through a score row over the whole memory (the rest at -inf) while the
+# memory holds at most this many times k keys; beyond, each query gathers its k values. Gathering copies
+# (T, k, Dv) values per query head and chunk: feeding 4,096 tokens to SmolLM2 with k = 380 (budget 1,024)
+# ran 46 tok/s that way and 90 tok/s dense, on 2 Zen 4 cores
+DENSE_UP_TO = 16
+
 
 class KNNMemory:
     """One layer's evicted keys/values; each query head retrieves its ``k`` best keys."""
@@ -62,8 +68,13 @@ class KNNMemory:
     def retrieve(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.keys is None:
             return None
-        scores, ids = self._search(q, min(self.k, self.keys.shape[2]))
+        n = self.keys.shape[2]
+        scores, ids = self._search(q, min(self.k, n))
         b, h, g, t, k = ids.shape
+        if n <= DENSE_UP_TO * k:
+            # the same softmax over all n keys with the others at -inf: one dense product with the shared
+            # values instead of a (T, k, Dv) copy per query head
+            return scores.new_full((b, h, g, t, n), float("-inf")).scatter_(-1, ids, scores) * scale, self.values
         flat = ids.reshape(b, h, g * t * k, 1).expand(-1, -1, -1, self.values.shape[-1])
         values = self.values.gather(2, flat).view(b, h, g, t, k, -1)  # (B, Hkv, G, T, k, Dv)
         return scores * scale, values

@@ -96,14 +96,15 @@ class MemoryAttention(nn.Module):
             parts.append((torch.einsum("bhgqd,bhkd->bhgqk", qg.float(), sk.float()) * self.scale, sv))
         if (found := self.memory.retrieve(qg, self.scale)) is not None:
             parts.append(found)
-        probs = torch.cat([s for s, _ in parts], dim=-1).softmax(dim=-1)
+        logits = torch.cat([s for s, _ in parts], dim=-1)
+        probs = logits.softmax(dim=-1)
         out, start = 0, 0
         for scores, vals in parts:
             p = probs[..., start:start + scores.shape[-1]]
             start += scores.shape[-1]
             pattern = "bhgqk,bhkd->bhgqd" if vals.dim() == 4 else "bhgqk,bhgqkd->bhgqd"
             out = out + torch.einsum(pattern, p, vals.float())
-        self.attended = probs.shape[-1]
+        self.attended = int(torch.isfinite(logits).sum(-1).max())  # keys one query scored (not masked out)
 
         received = local.masked_fill(~visible, 0).sum(dim=(2, 3))  # (B, Hkv, L): scores each key got
         self._advance(keys, values, torch.cat([lscore, lscore.new_zeros(b, hkv, t)], dim=2) + received)

@@ -80,3 +80,18 @@ def test_bad_input(tiny):
         infllm(tiny, window=250, chunk=64)
     with pytest.raises(ValueError, match="RoPE or no positions"):
         knn_attention(tiny_model(pos_embedding="learned"))
+
+
+def test_knn_dense_scores_equal_gathered_values(tiny, monkeypatch):
+    """The two ways of attending to the retrieved keys (a -inf-masked row over the memory, or each
+    query's k values gathered) give the same outputs, and the same keys-per-query count."""
+    from llmkit.longctx import knn
+
+    outs, attended = [], []
+    for dense_up_to in (0, 10**6):
+        monkeypatch.setattr(knn, "DENSE_UP_TO", dense_up_to)
+        runner = knn_attention(tiny, k=4, window=8, sinks=2, chunk=3)
+        outs.append(runner.feed(_ids(60)))
+        attended.append([m.attended for m in runner.layers.values()])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    assert attended[0] == attended[1] and max(attended[0]) == 2 + 4 + 8 + 3
