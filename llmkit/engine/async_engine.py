@@ -44,10 +44,10 @@ class AsyncLLMEngine:
     async def _run(self) -> None:
         engine = self.engine
         while True:
-            for request_id in self._aborts:
-                final = engine.abort_request(request_id)
-                if final is not None and request_id in self._streams:
-                    self._streams.pop(request_id).put_nowait(final)
+            for request_id in self._aborts:  # the final output (finish reason "abort") to a consumer still there
+                final, queue = engine.abort_request(request_id), self._streams.pop(request_id, None)
+                if final is not None and queue is not None:
+                    queue.put_nowait(final)
             self._aborts.clear()
             for request_id, prompt, params, processor, lora_name in self._pending:
                 if request_id not in self._streams:  # its consumer left before it was queued
@@ -114,7 +114,6 @@ class AsyncLLMEngine:
     def abort(self, request_id: str) -> None:
         """Abort a request at the next step boundary."""
         self._aborts.append(request_id)
-        self._streams.pop(request_id, None)
         if self._wake is not None:
             self._wake.set()
 

@@ -87,3 +87,20 @@ def test_every_step_runs_on_one_dedicated_thread(tiny, tokenizer):
 
     loop_thread = asyncio.run(main())
     assert len(threads) >= 30 and len(set(threads)) == 1 and loop_thread not in threads
+
+
+def test_abort_ends_a_stream_with_finish_reason_abort(tiny, tokenizer):
+    engine = AsyncLLMEngine(LLMEngine(tiny, tokenizer, kv_cache_memory="32MiB"))
+
+    async def main():
+        deltas = []
+        async for delta in engine.generate([5, 6], SamplingParams(max_tokens=300, ignore_eos=True), "x"):
+            deltas.append(delta)
+            if len(deltas) == 2:
+                engine.abort("x")
+        return deltas
+
+    deltas = asyncio.run(asyncio.wait_for(main(), 60))  # a stream the abort left hanging fails here
+    assert deltas[-1].finished and deltas[-1].outputs[0].finish_reason == "abort"
+    assert sum(len(d.outputs[0].token_ids) for d in deltas) < 300
+    assert engine.engine.blocks.num_free_blocks == engine.engine.blocks.num_blocks
