@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.generate.sampling import SamplingParams
-from llmkit.longctx.sampling import generate_by_feeding
+from llmkit.longctx.sampling import generate_by_feeding, last_index
 from llmkit.longctx.swap import swap_attention
 from llmkit.model import CausalLM
 from llmkit.model.attention import Attention
@@ -152,13 +152,15 @@ class MemoryLM:
                        for layer in model.model.layers}
 
     @torch.no_grad()
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Append ``ids`` (B, T) to the input; returns their next-token logits (B, T, vocab)."""
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Append ``ids`` (B, T) to the input; returns their next-token logits (B, T, vocab), or only the
+        last one's (B, 1, vocab) with ``last_only``."""
         out = []
         with swap_attention(self.model, lambda attn: self.layers[id(attn)]):
             for start in range(0, ids.shape[1], self.chunk):
-                out.append(self.model(ids[:, start:start + self.chunk]))
-        return torch.cat(out, dim=1)
+                piece = ids[:, start:start + self.chunk]
+                out.append(self.model(piece, logits_indices=last_index(piece) if last_only else None))
+        return out[-1] if last_only else torch.cat(out, dim=1)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingParams | None = None,

@@ -86,7 +86,8 @@ def nbce_generate(model: CausalLM, contexts: Sequence[Sequence[int]], question: 
     ids = torch.tensor([[pad_id] * (longest - len(r)) + r for r in rows], device=device)  # (n + 1, L)
     mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rows], device=device)
     model.setup_caches(len(rows), longest + max_new_tokens)
-    logits = model(ids, input_pos=torch.arange(longest, device=device), attention_mask=mask)[:, -1]
+    logits = model(ids, input_pos=torch.arange(longest, device=device), attention_mask=mask,
+                   logits_indices=torch.tensor([longest - 1], device=device))[:, -1]  # not (rows, L, vocab)
     out: list[int] = []
     for step in range(max_new_tokens):
         combined = nbce_combine(logits.float().log_softmax(dim=-1), beta, pooling)

@@ -55,7 +55,8 @@ class ParallelContext:
             visible[:, start:] = 1  # this window's own slots; earlier windows are hidden
             slots = torch.arange(start, start + n, device=self.device)
             model(torch.tensor([list(w)], device=self.device), input_pos=slots, attention_mask=visible,
-                  position_ids=torch.arange(n, device=self.device)[None])
+                  position_ids=torch.arange(n, device=self.device)[None],
+                  logits_indices=torch.tensor([n - 1], device=self.device))  # only the cache is wanted
             start += n
 
     @torch.no_grad()

@@ -31,20 +31,27 @@ def next_token(logits: torch.Tensor, sampling: SamplingParams,
     return select(logits, noise)
 
 
+def last_index(ids: torch.Tensor) -> torch.Tensor:
+    """The model's ``logits_indices`` for only the last position of (B, T) ``ids``."""
+    return torch.tensor([ids.shape[1] - 1], device=ids.device)
+
+
 def generate_by_feeding(feed: Callable[[torch.Tensor], torch.Tensor], prompt: torch.Tensor, max_new_tokens: int,
                         sampling: SamplingParams | None = None,
                         generator: torch.Generator | None = None) -> torch.Tensor:
     """Feed ``prompt`` (B, T) to a stateful decoder, then its chosen tokens one at a time.
 
     Args:
-        feed: appends (B, T) ids to the decoder's state and returns their logits (B, T, V).
+        feed: ``feed(ids, last_only=True)`` appends (B, T) ids to the decoder's state and returns the
+            last one's logits (B, 1, V): a long prompt's logits are never all held (12k tokens of
+            SmolLM2's 49k vocabulary would be 2.4 GB).
     Returns:
         (B, max_new_tokens) generated ids.
     """
     sampling = check_sampling(sampling)
-    logits = feed(prompt)[:, -1]
+    logits = feed(prompt, last_only=True)[:, -1]
     out = []
     for _ in range(max_new_tokens):
         out.append(next_token(logits, sampling, generator)[:, None])
-        logits = feed(out[-1])[:, -1]
+        logits = feed(out[-1], last_only=True)[:, -1]
     return torch.cat(out, dim=1)

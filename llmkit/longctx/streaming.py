@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from llmkit.generate.sampling import SamplingParams
-from llmkit.longctx.sampling import generate_by_feeding
+from llmkit.longctx.sampling import generate_by_feeding, last_index
 from llmkit.model import CausalLM
 from llmkit.model.rope import apply_rope
 
@@ -101,16 +101,17 @@ class StreamingLLM:
             if s:
                 cache.k[:, :, :s] = self._rotate(self._sink_keys[i], oldest - s)
 
-    def _forward(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, slots: torch.Tensor, last_only: bool) -> torch.Tensor:
         positions = torch.arange(self.seen, self.seen + ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
-        logits = self.model(ids, input_pos=slots, position_ids=positions)
+        logits = self.model(ids, input_pos=slots, position_ids=positions,
+                            logits_indices=last_index(ids) if last_only else None)
         if self._sink_keys is None and self.seen + ids.shape[1] >= self.sinks:
             self._sink_keys = [cache.k[:, :, :self.sinks].clone() for cache in self._caches()]
         self.seen += ids.shape[1]
         return logits
 
     @torch.no_grad()
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
+    def feed(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Append tokens to the stream and return their next-token logits.
 
         Tokens that still fit go through in one forward; after that, ``chunk`` tokens per forward,
@@ -118,8 +119,9 @@ class StreamingLLM:
 
         Args:
             ids: (B, T) token ids, B = ``batch_size``.
+            last_only: compute and return only the last token's logits.
         Returns:
-            (B, T, vocab) logits; row t is the prediction after token t.
+            (B, T, vocab) logits, row t the prediction after token t; (B, 1, vocab) with ``last_only``.
         """
         if ids.dim() != 2 or ids.shape[0] != self.batch_size:
             raise ValueError(f"ids must be (batch_size={self.batch_size}, T), got {tuple(ids.shape)}")
@@ -127,13 +129,13 @@ class StreamingLLM:
         out = []
         fit = min(ids.shape[1], self.capacity - self.cached)
         if fit:
-            out.append(self._forward(ids[:, :fit], torch.arange(self.seen, self.seen + fit, device=device)))
+            out.append(self._forward(ids[:, :fit], torch.arange(self.seen, self.seen + fit, device=device), last_only))
         for t in range(fit, ids.shape[1], self.chunk):
             piece = ids[:, t:t + self.chunk]
             n = piece.shape[1]
             self._evict(n)
-            out.append(self._forward(piece, torch.arange(self.capacity - n, self.capacity, device=device)))
-        return torch.cat(out, dim=1)
+            out.append(self._forward(piece, torch.arange(self.capacity - n, self.capacity, device=device), last_only))
+        return out[-1] if last_only else torch.cat(out, dim=1)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, sampling: SamplingParams | None = None,

@@ -95,3 +95,37 @@ def test_knn_dense_scores_equal_gathered_values(tiny, monkeypatch):
         attended.append([m.attended for m in runner.layers.values()])
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
     assert attended[0] == attended[1] and max(attended[0]) == 2 + 4 + 8 + 3
+
+
+def test_last_only_feeds_return_the_last_row_of_a_full_feed(tiny):
+    """What generation feeds (a long prompt's logits are never all held) equals the full feed's last row."""
+    from llmkit.longctx import StreamingLLM
+
+    makers = [lambda: StreamingLLM(tiny, window=8, sinks=2, batch_size=2, chunk=3),
+              lambda: infllm(tiny, window=8, sinks=2, block_size=4, n_repr=2, topk=2, chunk=3),
+              lambda: knn_attention(tiny, k=4, window=8, sinks=2, chunk=3)]
+    ids = _ids(40)
+    for make in makers:
+        full, last = make().feed(ids), make().feed(ids, last_only=True)
+        assert last.shape == (2, 1, full.shape[-1])
+        torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
+def test_generation_scores_only_the_last_prompt_token(tiny):
+    """Every long-context decoder runs the LM head on one position per forward while reading a prompt,
+    so a 12k-token prompt never materialises (12k, vocab) logits."""
+    from llmkit.longctx import StreamingLLM, nbce_generate, pcw_generate
+
+    rows = []
+    hook = tiny.lm_head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[1]))
+    try:
+        ids = _ids(40)
+        StreamingLLM(tiny, window=8, sinks=2, batch_size=2, chunk=3).generate(ids, 2)
+        infllm(tiny, window=8, sinks=2, block_size=4, n_repr=2, topk=2, chunk=3).generate(ids, 2)
+        knn_attention(tiny, k=4, window=8, sinks=2, chunk=3).generate(ids, 2)
+        doc = ids[0].tolist()
+        nbce_generate(tiny, [doc[:20], doc[20:]], [5, 6], 2)
+        pcw_generate(tiny, [doc[:20], doc[20:]], [5, 6], 2)
+    finally:
+        hook.remove()
+    assert len(rows) > 40 and max(rows) == 2  # PCW's task tokens (2) are scored together; prompts never are
