@@ -168,6 +168,81 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
   }
 }
 
+#if defined(__AVX512BF16__)
+// bf16 caches with row lengths a multiple of 32 take a faster route on CPUs with AVX512-BF16: scores come
+// from vdpbf16ps on the stored rows (two bf16 products per lane and instruction, where widening to fp32
+// first costs a conversion per value and twice the multiply-adds), and each V row is widened once in
+// registers for a group of query rows instead of once per query row through a buffer
+constexpr bool kBf16Route = true;
+
+inline __m512bh bf16x32(const at::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+// the 16 bf16 values at p as fp32 (bf16 is the top half of a float)
+inline __m512 bf16x16_to_float(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+// p[i * kBlock + t] = scale * q[i] . key(idx[t]) for the nq unscaled bf16 query rows q (nq, D)
+template <int64_t D, typename Slots>
+inline void bf16_scores(const at::BFloat16* q, const Slots& sl, const int64_t* idx, int64_t n, int64_t nq,
+                        float scale, float* p) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < nq; ++i) {
+    __m512bh qv[D / 32];
+    for (int64_t j = 0; j < D / 32; ++j) qv[j] = bf16x32(q + i * D + 32 * j);
+    float* pi = p + i * kBlock;
+    int64_t t = 0;
+    for (; t + 16 <= n; t += 16) {  // 16 rows at a time, their lane sums added by one tree
+      __m512 v[16];
+      for (int r = 0; r < 16; ++r) {
+        const at::BFloat16* row = sl.key(idx[t + r]);
+        v[r] = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], bf16x32(row));
+        for (int64_t j = 1; j < D / 32; ++j) v[r] = _mm512_dpbf16_ps(v[r], qv[j], bf16x32(row + 32 * j));
+      }
+      _mm512_storeu_ps(pi + t, _mm512_mul_ps(sum16(v), sc));
+    }
+    for (; t < n; ++t) {
+      const at::BFloat16* row = sl.key(idx[t]);
+      __m512 v = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], bf16x32(row));
+      for (int64_t j = 1; j < D / 32; ++j) v = _mm512_dpbf16_ps(v, qv[j], bf16x32(row + 32 * j));
+      pi[t] = scale * _mm512_reduce_add_ps(v);
+    }
+  }
+}
+
+// acc[g] = acc[g] * corr[g] + sum_t p[g * kBlock + t] value(idx[t]) for G query rows, in registers
+template <int64_t DV, int G, typename Slots>
+inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx, int64_t n) {
+  __m512 a[G][DV / 16];
+  for (int g = 0; g < G; ++g)
+    for (int64_t j = 0; j < DV / 16; ++j)
+      a[g][j] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * DV + 16 * j), _mm512_set1_ps(corr[g]));
+  for (int64_t t = 0; t < n; ++t) {
+    const at::BFloat16* row = sl.value(idx[t]);
+    __m512 v[DV / 16];
+    for (int64_t j = 0; j < DV / 16; ++j) v[j] = bf16x16_to_float(row + 16 * j);
+    for (int g = 0; g < G; ++g) {
+      const __m512 w = _mm512_set1_ps(p[g * kBlock + t]);
+      for (int64_t j = 0; j < DV / 16; ++j) a[g][j] = _mm512_fmadd_ps(w, v[j], a[g][j]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int64_t j = 0; j < DV / 16; ++j) _mm512_storeu_ps(acc + g * DV + 16 * j, a[g][j]);
+}
+
+// every query row's bf16_pv, in groups that keep the accumulators in the 32 vector registers
+template <int64_t DV, typename Slots>
+inline void bf16_pv_all(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx,
+                        int64_t n, int64_t nq) {
+  constexpr int kGroup = DV <= 64 ? 4 : 2;
+  int64_t i = 0;
+  for (; i + kGroup <= nq; i += kGroup) bf16_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n);
+  for (; i < nq; ++i) bf16_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n);
+}
+#else
+constexpr bool kBf16Route = false;
+#endif
+
 // Where a (batch, head)'s slots live. Static cache: rows of a contiguous (S, D) buffer, allowed by
 // a mask row, scales (if quantized) in an (S,) row. Paged cache: slot s is row s % block_size of
 // block table[s / block_size] in a pool of (num_blocks, block_size, Hkv, D), its scales in a
@@ -234,23 +309,28 @@ inline int64_t allowed_slots(const Slots& slots, int64_t b0, int64_t s1, int64_t
 }
 
 // One task: slots [s0, s1) of one batch row for `heads` K/V heads (slots[h]; they share the mask), each
-// with its rows qf + h * nq * d (nq, d) already scaled. Writes, at part + h * part_stride, the head's
-// [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp, unnormalised output.
+// with its rows qf + h * nq * d (nq, d) already scaled (and, for a bf16 query, qb + h * nq * d unscaled).
+// Writes, at part + h * part_stride, the head's [m (nq), l (nq), acc (nq, dv)]: running max, sum of exp,
+// unnormalised output.
 // Slots go in blocks, and a block's heads one after the other (a paged slot holds every head's row
 // side by side, so the reads go through memory in order): the allowed K rows are widened (and
 // dequantized) to fp32 once and scored against every query row, then the V rows likewise, so each
-// query's accumulator stays in registers. A paged cache's next block is prefetched meanwhile.
+// query's accumulator stays in registers (bf16 rows of 64 or 128 values skip the widening: kBf16Route).
+// A paged cache's next block is prefetched meanwhile.
 template <int64_t D, int64_t DV, typename Slots>
-void attend_chunk(const float* qf, const Slots* slots, int64_t heads, int64_t s0, int64_t s1, int64_t nq,
-                  int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
+void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Slots* slots, int64_t heads,
+                  int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
+  using C = typename Slots::Elem;
+  constexpr bool bf16_route =
+      kBf16Route && std::is_same_v<C, at::BFloat16> && D == DV && (D == 64 || D == 128);
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
   for (int64_t h = 0; h < heads; ++h) {
     float* ph = part + h * part_stride;
     std::fill(ph, ph + nq, kNoMax);
     std::fill(ph + nq, ph + nq * (dv + 2), 0.f);
   }
-  std::vector<float> rows(kBlock * std::max(d, dv));
-  std::vector<float> p(nq * kBlock);
+  std::vector<float> rows(bf16_route ? 0 : kBlock * std::max(d, dv));
+  std::vector<float> p(nq * kBlock), corr(nq);
   int64_t idx[kBlock], next[kBlock];
   int64_t n = s0 < s1 ? allowed_slots(slots[0], s0, s1, idx) : 0;
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
@@ -258,27 +338,38 @@ void attend_chunk(const float* qf, const Slots* slots, int64_t heads, int64_t s0
     if constexpr (Slots::kScattered) prefetch(slots, heads, next, n_next, d, dv);
     for (int64_t h = 0; h < heads && n > 0; ++h) {
       const Slots& sl = slots[h];
-      const float* qh = qf + h * nq * d;
       float* m = part + h * part_stride;
       float* l = m + nq;
       float* acc = m + 2 * nq;
-      for (int64_t t = 0; t < n; ++t) widen(sl.key(idx[t]), sl.key_scale(idx[t]), rows.data() + t * d, d);
-      for (int64_t i = 0; i < nq; ++i) dots<D>(qh + i * d, rows.data(), n, d, p.data() + i * kBlock);
-      for (int64_t t = 0; t < n; ++t) widen(sl.value(idx[t]), sl.value_scale(idx[t]), rows.data() + t * dv, dv);
+#if defined(__AVX512BF16__)
+      if constexpr (bf16_route) bf16_scores<D>(qb + h * nq * d, sl, idx, n, nq, scale, p.data());
+#endif
+      if constexpr (!bf16_route) {
+        const float* qh = qf + h * nq * d;
+        for (int64_t t = 0; t < n; ++t) widen(sl.key(idx[t]), sl.key_scale(idx[t]), rows.data() + t * d, d);
+        for (int64_t i = 0; i < nq; ++i) dots<D>(qh + i * d, rows.data(), n, d, p.data() + i * kBlock);
+      }
       for (int64_t i = 0; i < nq; ++i) {
         float* pi = p.data() + i * kBlock;
         float mx = m[i];
         for (int64_t t = 0; t < n; ++t) mx = std::max(mx, pi[t]);
-        const float corr = std::exp(m[i] - mx);  // 0 on the first block
+        corr[i] = std::exp(m[i] - mx);  // 0 on the first block
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t t = 0; t < n; ++t) {
           pi[t] = std::exp(pi[t] - mx);
           sum += pi[t];
         }
-        l[i] = l[i] * corr + sum;
+        l[i] = l[i] * corr[i] + sum;
         m[i] = mx;
-        accumulate<DV>(acc + i * dv, corr, pi, rows.data(), n, dv);
+      }
+#if defined(__AVX512BF16__)
+      if constexpr (bf16_route) bf16_pv_all<DV>(acc, corr.data(), p.data(), sl, idx, n, nq);
+#endif
+      if constexpr (!bf16_route) {
+        for (int64_t t = 0; t < n; ++t) widen(sl.value(idx[t]), sl.value_scale(idx[t]), rows.data() + t * dv, dv);
+        for (int64_t i = 0; i < nq; ++i)
+          accumulate<DV>(acc + i * dv, corr[i], p.data() + i * kBlock, rows.data(), n, dv);
       }
     }
     std::copy(next, next + n_next, idx);
@@ -294,6 +385,13 @@ std::vector<float> scaled_queries(const at::Tensor& q, double scale) {
   to_float(qc.data_ptr<T>(), qf.data(), qf.size());
   for (float& x : qf) x *= static_cast<float>(scale);
   return qf;
+}
+
+// a bf16 query's own values (the bf16 route scores with them); null for other dtypes
+template <typename T>
+const at::BFloat16* raw_bf16(const at::Tensor& qc) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) return qc.data_ptr<at::BFloat16>();
+  return nullptr;
 }
 
 // Merge the chunks of each (batch, head): rescale every chunk's partial sums to the common maximum.
@@ -352,6 +450,8 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   const int64_t chunk_len = std::max<int64_t>(1, (span + chunks - 1) / chunks);
   const int64_t part_size = nq * (dv + 2);
   const std::vector<float> qf = scaled_queries<T>(q, scale);
+  const at::Tensor qc = q.contiguous();
+  const at::BFloat16* qb = raw_bf16<T>(qc);
   std::vector<float> parts(B * H * chunks * part_size);
   const C* kp = static_cast<const C*>(k.data_ptr());
   const C* vp = static_cast<const C*>(v.data_ptr());
@@ -364,7 +464,8 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
       const int64_t s0 = c * chunk_len, s1 = std::min(span, s0 + chunk_len);
       const StaticSlots<C> slots{kp + bh * S * d, vp + bh * S * dv, ksp ? ksp + bh * S : nullptr,
                                  vsp ? vsp + bh * S : nullptr, mp + b * mask_stride, d, dv};
-      attend(qf.data() + bh * nq * d, &slots, 1, s0, s1, nq, d, dv, parts.data() + task * part_size, 0);
+      attend(qf.data() + bh * nq * d, qb ? qb + bh * nq * d : nullptr, scale, &slots, 1, s0, s1, nq, d, dv,
+             parts.data() + task * part_size, 0);
     }
   });
   merge_chunks(parts, B * H, chunks, nq, dv, out.data_ptr<T>());
@@ -388,6 +489,8 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
   const int64_t chunk_len = (longest + chunks - 1) / chunks;
   const int64_t part_size = nq * (dv + 2);
   const std::vector<float> qf = scaled_queries<T>(q, scale);
+  const at::Tensor qc = q.contiguous();
+  const at::BFloat16* qb = raw_bf16<T>(qc);
   std::vector<float> parts(B * H * chunks * part_size);
   const C* kp = static_cast<const C*>(k_pool.data_ptr());
   const C* vp = static_cast<const C*>(v_pool.data_ptr());
@@ -406,7 +509,8 @@ void run_paged(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& 
       for (int64_t h = 0; h < H; ++h)
         slots.push_back({kp + h * d, vp + h * dv, ksp ? ksp + h : nullptr, vsp ? vsp + h : nullptr, tables + b * M,
                          block_size, H, H * d, H * dv, shift});
-      attend(qf.data() + b * H * nq * d, slots.data(), H, s0, std::max(s0, s1), nq, d, dv,
+      attend(qf.data() + b * H * nq * d, qb ? qb + b * H * nq * d : nullptr, scale, slots.data(), H, s0,
+             std::max(s0, s1), nq, d, dv,
              parts.data() + (b * H * chunks + c) * part_size, chunks * part_size);
     }
   });

@@ -73,6 +73,26 @@ def test_half_precision_accumulates_in_fp32(dtype):
 
 
 @built
+@pytest.mark.parametrize("d,t", [(64, 3), (64, 5), (128, 3)])  # query rows in full groups and a remainder
+def test_bf16_rows_of_64_and_128_are_as_accurate_as_torch(d, t):
+    """bf16 caches of these head sizes score with bf16 dot products on CPUs that have them (kBf16Route):
+    holes in the mask, ragged blocks and poisoned disallowed slots, against fp64 and torch's own error."""
+    q, k, v = _inputs(b=2, t=t, s=300, d=d, dtype=torch.bfloat16, seed=1)
+    mask = torch.zeros(2, 300, dtype=torch.bool)
+    mask[0, :237] = True
+    mask[0, 100:117] = False
+    mask[1, 3:300:7] = True
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    for b in range(2):
+        poisoned_k[b, :, ~mask[b]] = float("nan")
+        poisoned_v[b, :, ~mask[b]] = float("nan")
+    out = da.decode_attention(q, poisoned_k, poisoned_v, mask, d ** -0.5)
+    exact = _reference(q, k, v, mask, d ** -0.5)
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None], scale=d ** -0.5)
+    assert (out.double() - exact).abs().max() <= 2 * (fused.double() - exact).abs().max() + 1e-3
+
+
+@built
 def test_no_allowed_slot_gives_zeros():
     q, k, v = _inputs(b=1)
     out = da.decode_attention(q, k, v, torch.zeros(1, 300, dtype=torch.bool), 0.125)
