@@ -182,10 +182,11 @@ inline __m512 bf16x16_to_float(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-// p[i * kBlock + t] = scale * q[i] . key(idx[t]) for the nq unscaled bf16 query rows q (nq, D)
+// p[i * kBlock + t] = scale * q[i] . key(idx[t]) for the nq unscaled bf16 query rows q (nq, D); the K rows of
+// slots pf[0 .. n_pf) (the next block) are prefetched meanwhile
 template <int64_t D, typename Slots>
 inline void bf16_scores(const at::BFloat16* q, const Slots& sl, const int64_t* idx, int64_t n, int64_t nq,
-                        float scale, float* p) {
+                        float scale, float* p, const int64_t* pf, int64_t n_pf) {
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t i = 0; i < nq; ++i) {
     __m512bh qv[D / 32];
@@ -194,6 +195,9 @@ inline void bf16_scores(const at::BFloat16* q, const Slots& sl, const int64_t* i
     int64_t t = 0;
     for (; t + 16 <= n; t += 16) {  // 16 rows at a time, their lane sums added by one tree
       __m512 v[16];
+      if (i == 0)  // the next block's rows, a few at a time: a burst of prefetches stalls on the miss buffers
+        for (int64_t r = t; r < std::min(t + 16, n_pf); ++r)
+          for (int64_t j = 0; j < D; j += 32) __builtin_prefetch(sl.key(pf[r]) + j);
       for (int r = 0; r < 16; ++r) {
         const at::BFloat16* row = sl.key(idx[t + r]);
         v[r] = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], bf16x32(row));
@@ -210,14 +214,18 @@ inline void bf16_scores(const at::BFloat16* q, const Slots& sl, const int64_t* i
   }
 }
 
-// acc[g] = acc[g] * corr[g] + sum_t p[g * kBlock + t] value(idx[t]) for G query rows, in registers
+// acc[g] = acc[g] * corr[g] + sum_t p[g * kBlock + t] value(idx[t]) for G query rows, in registers; the V rows
+// of slots pf[0 .. n_pf) are prefetched meanwhile
 template <int64_t DV, int G, typename Slots>
-inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx, int64_t n) {
+inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx, int64_t n,
+                    const int64_t* pf, int64_t n_pf) {
   __m512 a[G][DV / 16];
   for (int g = 0; g < G; ++g)
     for (int64_t j = 0; j < DV / 16; ++j)
       a[g][j] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * DV + 16 * j), _mm512_set1_ps(corr[g]));
   for (int64_t t = 0; t < n; ++t) {
+    if (t < n_pf)
+      for (int64_t j = 0; j < DV; j += 32) __builtin_prefetch(sl.value(pf[t]) + j);
     const at::BFloat16* row = sl.value(idx[t]);
     __m512 v[DV / 16];
     for (int64_t j = 0; j < DV / 16; ++j) v[j] = bf16x16_to_float(row + 16 * j);
@@ -233,11 +241,12 @@ inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& 
 // every query row's bf16_pv, in groups that keep the accumulators in the 32 vector registers
 template <int64_t DV, typename Slots>
 inline void bf16_pv_all(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx,
-                        int64_t n, int64_t nq) {
+                        int64_t n, int64_t nq, const int64_t* pf, int64_t n_pf) {
   constexpr int kGroup = DV <= 64 ? 4 : 2;
   int64_t i = 0;
-  for (; i + kGroup <= nq; i += kGroup) bf16_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n);
-  for (; i < nq; ++i) bf16_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n);
+  for (; i + kGroup <= nq; i += kGroup)  // the first group prefetches
+    bf16_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
+  for (; i < nq; ++i) bf16_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
 }
 #else
 constexpr bool kBf16Route = false;
@@ -316,7 +325,6 @@ inline int64_t allowed_slots(const Slots& slots, int64_t b0, int64_t s1, int64_t
 // side by side, so the reads go through memory in order): the allowed K rows are widened (and
 // dequantized) to fp32 once and scored against every query row, then the V rows likewise, so each
 // query's accumulator stays in registers (bf16 rows of 64 or 128 values skip the widening: kBf16Route).
-// A paged cache's next block is prefetched meanwhile.
 template <int64_t D, int64_t DV, typename Slots>
 void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Slots* slots, int64_t heads,
                   int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
@@ -335,14 +343,17 @@ void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Sl
   int64_t n = s0 < s1 ? allowed_slots(slots[0], s0, s1, idx) : 0;
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
     const int64_t n_next = b0 + kBlock < s1 ? allowed_slots(slots[0], b0 + kBlock, s1, next) : 0;
-    if constexpr (Slots::kScattered) prefetch(slots, heads, next, n_next, d, dv);
+    // a paged cache's next block: prefetched all at once, or row by row along the bf16 route (measured: 1.1-1.2x
+    // faster on scattered blocks; on a static cache's contiguous rows the hardware prefetcher does better alone)
+    if constexpr (Slots::kScattered && !bf16_route) prefetch(slots, heads, next, n_next, d, dv);
+    const int64_t n_pf = Slots::kScattered ? n_next : 0;
     for (int64_t h = 0; h < heads && n > 0; ++h) {
       const Slots& sl = slots[h];
       float* m = part + h * part_stride;
       float* l = m + nq;
       float* acc = m + 2 * nq;
 #if defined(__AVX512BF16__)
-      if constexpr (bf16_route) bf16_scores<D>(qb + h * nq * d, sl, idx, n, nq, scale, p.data());
+      if constexpr (bf16_route) bf16_scores<D>(qb + h * nq * d, sl, idx, n, nq, scale, p.data(), next, n_pf);
 #endif
       if constexpr (!bf16_route) {
         const float* qh = qf + h * nq * d;
@@ -364,7 +375,7 @@ void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Sl
         m[i] = mx;
       }
 #if defined(__AVX512BF16__)
-      if constexpr (bf16_route) bf16_pv_all<DV>(acc, corr.data(), p.data(), sl, idx, n, nq);
+      if constexpr (bf16_route) bf16_pv_all<DV>(acc, corr.data(), p.data(), sl, idx, n, nq, next, n_pf);
 #endif
       if constexpr (!bf16_route) {
         for (int64_t t = 0; t < n; ++t) widen(sl.value(idx[t]), sl.value_scale(idx[t]), rows.data() + t * dv, dv);
