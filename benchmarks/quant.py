@@ -27,6 +27,7 @@ docs/quantization.md and README.md, between ``quant-table`` markers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -98,9 +99,14 @@ def rss_bytes() -> int:
 
 
 def touch_pages(model) -> None:
-    """Read one value per 4 KiB page of every tensor: weights loaded from a memory map are resident only once read."""
-    for t in model.state_dict().values():
-        flat = t.reshape(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.reshape(-1)
+    """Read one value per 4 KiB page of every tensor: weights loaded from a memory map are resident only once read.
+
+    The module's own tensors, not ``state_dict()``: an int4 layer's state dict converts its weights from
+    the CPU kernel's layout back to the portable one, and those temporaries stayed resident (~95 MiB
+    on SmolLM2), which the int4 rows' memory used to include.
+    """
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        flat = t.detach().reshape(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.reshape(-1)
         flat[::4096].sum()
 
 

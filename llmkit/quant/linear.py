@@ -39,6 +39,7 @@ from llmkit.quant.primitives import (FP8_DTYPES, affine_params, dequantize_fp8, 
                                      quantize_fp8, round_activations_int8, unpack_int4)
 
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+KERNEL_LAYOUT_ROWS = 256  # rows converted to the CPU kernel's layout at once: a multiple of its row blocks
 ACTIVATION_BLOCK = 32  # features per int8 activation scale (llama.cpp's Q8 block; int8_mm.cpp's kBlock)
 
 
@@ -228,8 +229,16 @@ class Int4Linear(QuantLinear):
 
     def _to_kernel_layout(self) -> None:
         if self._kernel_fits() and not self.kernel_layout:
-            codes = unpack_int4(self.weight_packed).int()  # (out, in)
-            self.weight_packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            # into a buffer allocated first, a few rows at a time: the kernel takes int32 codes (8x the packed
+            # bytes), and whole-matrix temporaries freed between the layers' new buffers left the allocator
+            # holding ~230 MiB after loading SmolLM2. The layout permutes within blocks of at most 64 rows,
+            # so row chunks convert independently.
+            packed = torch.empty_like(self.weight_packed)
+            for start in range(0, self.out_features, KERNEL_LAYOUT_ROWS):
+                rows = self.weight_packed[start:start + KERNEL_LAYOUT_ROWS]
+                packed[start:start + len(rows)] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                    unpack_int4(rows).int(), 1)
+            self.weight_packed = packed
             self.kernel_layout = True
 
     def _codes(self) -> torch.Tensor:

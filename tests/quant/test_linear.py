@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.quant import Fp8Linear, Int4Linear, Int8Linear, Linear4bit, LLMInt8Linear, W8A8Linear
+from llmkit.quant import linear as linear_module
 from llmkit.quant.primitives import unpack_int4
 
 
@@ -60,6 +61,19 @@ def test_int4_state_dict_holds_the_portable_layout():
     codes = unpack_int4(q.state_dict()["weight_packed"]).float()  # (out, in)
     s, m = (q.scales_and_zeros[..., i].T.repeat_interleave(32, dim=1) for i in (0, 1))
     torch.testing.assert_close((codes - 8) * s + m, q.dequantize())
+
+
+def test_int4_kernel_layout_built_in_row_chunks_equals_the_whole_conversion():
+    """Rows go to the kernel's layout a chunk at a time (less memory held after loading): two full chunks
+    and a ragged one must give the bytes that converting the whole matrix gives, and the same products."""
+    out_f = 2 * linear_module.KERNEL_LAYOUT_ROWS + 80
+    lin = _linear(128, out_f)
+    q = Int4Linear.from_linear(lin, 64)
+    assert q.kernel_layout
+    codes = unpack_int4(q.state_dict()["weight_packed"]).int()  # the portable layout, back from the kernel's
+    assert torch.equal(q.weight_packed, torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(q(x), F.linear(x, q.dequantize(), lin.bias), atol=1e-4, rtol=1e-4)
 
 
 def test_int4_shapes_the_kernel_cannot_take_fall_back():
