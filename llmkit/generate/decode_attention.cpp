@@ -169,7 +169,7 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
 }
 
 #if defined(__AVX512BF16__)
-// bf16 caches with row lengths a multiple of 32 take a faster route on CPUs with AVX512-BF16: scores come
+// bf16 caches with heads of 64 or 128 values take a faster route on CPUs with AVX512-BF16: scores come
 // from vdpbf16ps on the stored rows (two bf16 products per lane and instruction, where widening to fp32
 // first costs a conversion per value and twice the multiply-adds), and each V row is widened once in
 // registers for a group of query rows instead of once per query row through a buffer
