@@ -35,7 +35,7 @@ def test_dequantize_op_equals_the_fallback(qtype):
 
 @built
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("rows", [1, 3, 20])  # few rows (decode kernels) and many (tiled GEMM)
+@pytest.mark.parametrize("rows", [1, 3, 6, 20])  # fused row dots (<= 4), a row buffer (<= 8), tiled GEMM
 @pytest.mark.parametrize("int8", [False, True])
 def test_mm_equals_the_dequantised_product(qtype, rows, int8):
     w = random_blocks(qtype, 70, 512)

@@ -5,7 +5,8 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   By default a row is dequantised into an fp32 buffer that stays in L1 and dotted in
+//   Q8_0/Q4_0/Q4_1 at up to kFusedRows x rows (AVX-512): fused block dots (fused_dot).
+//   Otherwise a row is dequantised into an fp32 buffer that stays in L1 and dotted in
 //   fp32 with every x row (exact fp32 products). With int8_activations, on AVX2 CPUs,
 //   it is llama.cpp's recipe: x is quantised per 32-block to int8
 //   (scale dx = max|x| / 127) and every 32 weights cost one int8 dot of unsigned weight
@@ -42,6 +43,7 @@ namespace {
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14;
 constexpr int64_t kSmallM = 8;      // at most this many x rows take the row-streaming path
 constexpr int64_t kTileRows = 256;  // W rows dequantised per GEMM tile on the many-rows path
+constexpr int64_t kFusedRows = 4;   // at most this many x rows read Q8_0/Q4_0/Q4_1 blocks without a row buffer
 
 struct Layout {
   int64_t block, bytes;
@@ -188,14 +190,84 @@ at::Tensor gguf_dequantize(const at::Tensor& weight, int64_t qtype, int64_t in_f
 }
 
 // ---- few rows: fp32 dot products against a dequantised row in L1 ----
-void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
-  const Layout l = layout(qtype);
-  const DeqFn fn = deq_fn(qtype);
+// one block of type Q, called directly so that it inlines into the row loop (through a function pointer,
+// one call per 32 weights, SmolLM2 Q4_1's 211 layers took 19 ms a token: 5 GB/s of blocks on two cores)
+template <int64_t Q>
+inline void deq_block(const uint8_t* b, float* y) {
+  if constexpr (Q == kQ8_0) deq_q8_0(b, y);
+  if constexpr (Q == kQ4_0) deq_q4_0(b, y);
+  if constexpr (Q == kQ4_1) deq_q4_1(b, y);
+  if constexpr (Q == kQ4_K) deq_q4_k(b, y);
+  if constexpr (Q == kQ6_K) deq_q6_k(b, y);
+}
+
+#if defined(__AVX512F__)
+// Q8_0 / Q4_0 / Q4_1 at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
+// each block's codes widened in registers and scaled once (d * (q . x), plus Q4_1's m * sum(x)): about
+// twice as fast as dequantising the row into a buffer first, which costs a store and a load per weight
+constexpr bool kFusedDot = true;
+
+template <int64_t Q>
+float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
+  constexpr int64_t bytes = Q == kQ8_0 ? 34 : Q == kQ4_0 ? 18 : 20;
+  __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  float offset = 0.f;
+  const __m128i low4 = _mm_set1_epi8(15);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * bytes;
+    const float d = f16(blk);
+    __m512i lo, hi;
+    if constexpr (Q == kQ8_0) {
+      lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+      hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)));
+    } else {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q == kQ4_1 ? 4 : 2)));
+      lo = _mm512_cvtepu8_epi32(_mm_and_si128(raw, low4));  // ggml's order: low nibbles are weights 0..15
+      hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), low4));
+      if constexpr (Q == kQ4_0) {
+        lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(8));
+        hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(8));
+      }
+    }
+    const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x + 32 * b + 16),
+                                     _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(x + 32 * b)));
+    acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[b & 1]);
+    if constexpr (Q == kQ4_1) offset += f16(blk + 2) * sx[b];
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
+}
+#else
+constexpr bool kFusedDot = false;
+#endif
+
+template <int64_t Q>
+void mm_rows_fp32_t(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, float* out) {
+  constexpr Layout l = Q == kQ8_0 ? Layout{32, 34} : Q == kQ4_0 ? Layout{32, 18} : Q == kQ4_1 ? Layout{32, 20}
+                       : Q == kQ4_K ? Layout{256, 144} : Layout{256, 210};
   const int64_t rb = k / l.block * l.bytes;
+#if defined(__AVX512F__)
+  if constexpr (kFusedDot && (Q == kQ8_0 || Q == kQ4_0 || Q == kQ4_1)) {
+    if (m <= kFusedRows) {
+      const int64_t nb = k / 32;
+      std::vector<float> sx(m * nb);  // each x block's sum (Q4_1's mins)
+      for (int64_t i = 0; i < m * nb; ++i) {
+        float t = 0.f;
+        for (int j = 0; j < 32; ++j) t += x[32 * i + j];
+        sx[i] = t;
+      }
+      at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t j = n0; j < n1; ++j)
+          for (int64_t i = 0; i < m; ++i) out[i * n + j] = fused_dot<Q>(w + j * rb, x + i * k, sx.data() + i * nb, nb);
+      });
+      return;
+    }
+  }
+#endif
   at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> row(k);
     for (int64_t j = n0; j < n1; ++j) {
-      deq_row(fn, l, w + j * rb, k, row.data());
+      const uint8_t* src = w + j * rb;
+      for (int64_t b = 0; b < k / l.block; ++b) deq_block<Q>(src + b * l.bytes, row.data() + b * l.block);
       for (int64_t i = 0; i < m; ++i) {
         const float* xi = x + i * k;
         float dot = 0.f;
@@ -205,6 +277,17 @@ void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_
       }
     }
   });
+}
+
+void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
+  switch (qtype) {
+    case kQ8_0: return mm_rows_fp32_t<kQ8_0>(x, m, w, n, k, out);
+    case kQ4_0: return mm_rows_fp32_t<kQ4_0>(x, m, w, n, k, out);
+    case kQ4_1: return mm_rows_fp32_t<kQ4_1>(x, m, w, n, k, out);
+    case kQ4_K: return mm_rows_fp32_t<kQ4_K>(x, m, w, n, k, out);
+    case kQ6_K: return mm_rows_fp32_t<kQ6_K>(x, m, w, n, k, out);
+  }
+  layout(qtype);  // raises
 }
 
 #ifdef LLMKIT_INT8_DOT
