@@ -5,7 +5,7 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   Q8_0/Q4_0/Q4_1 at up to kFusedRows x rows (AVX-512): fused block dots (fused_dot).
+//   Q8_0/Q4_0/Q4_1/Q4_K at up to kFusedRows x rows (AVX-512): fused block dots (fused_dot).
 //   Otherwise a row is dequantised into an fp32 buffer that stays in L1 and dotted in
 //   fp32 with every x row (exact fp32 products). With int8_activations, on AVX2 CPUs,
 //   it is llama.cpp's recipe: x is quantised per 32-block to int8
@@ -43,7 +43,7 @@ namespace {
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14;
 constexpr int64_t kSmallM = 8;      // at most this many x rows take the row-streaming path
 constexpr int64_t kTileRows = 256;  // W rows dequantised per GEMM tile on the many-rows path
-constexpr int64_t kFusedRows = 4;   // at most this many x rows read Q8_0/Q4_0/Q4_1 blocks without a row buffer
+constexpr int64_t kFusedRows = 4;   // at most this many x rows read Q8_0/Q4_0/Q4_1/Q4_K blocks without a row buffer
 
 struct Layout {
   int64_t block, bytes;
@@ -202,37 +202,59 @@ inline void deq_block(const uint8_t* b, float* y) {
 }
 
 #if defined(__AVX512F__)
-// Q8_0 / Q4_0 / Q4_1 at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
-// each block's codes widened in registers and scaled once (d * (q . x), plus Q4_1's m * sum(x)): about
-// twice as fast as dequantising the row into a buffer first, which costs a store and a load per weight
+// Q8_0 / Q4_0 / Q4_1 / Q4_K at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
+// each block's codes widened in registers and scaled once (d * (q . x), plus Q4_1's and Q4_K's mins times
+// sum(x)): about twice as fast as dequantising the row into a buffer first (a store and a load per weight)
 constexpr bool kFusedDot = true;
+
+// 32 weights . x: the codes' two 16-byte halves widened to fp32 (2 x 16 lanes of partial sums)
+inline __m512 codes32_dot(__m128i lo_bytes, __m128i hi_bytes, const float* x) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi_bytes)), _mm512_loadu_ps(x + 16),
+                         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo_bytes)), _mm512_loadu_ps(x)));
+}
 
 template <int64_t Q>
 float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
-  constexpr int64_t bytes = Q == kQ8_0 ? 34 : Q == kQ4_0 ? 18 : 20;
   __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
   float offset = 0.f;
   const __m128i low4 = _mm_set1_epi8(15);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = row + b * bytes;
-    const float d = f16(blk);
-    __m512i lo, hi;
-    if constexpr (Q == kQ8_0) {
-      lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
-      hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)));
-    } else {
-      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q == kQ4_1 ? 4 : 2)));
-      lo = _mm512_cvtepu8_epi32(_mm_and_si128(raw, low4));  // ggml's order: low nibbles are weights 0..15
-      hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), low4));
-      if constexpr (Q == kQ4_0) {
-        lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(8));
-        hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(8));
+  if constexpr (Q == kQ4_K) {  // super-blocks of 8 sub-blocks: 32 code bytes hold sub-block 2g (low nibbles), 2g + 1
+    for (int64_t b = 0; b < nb; b += 8, row += 144) {
+      const float d = f16(row), dmin = f16(row + 2);
+      for (int g = 0; g < 4; ++g) {
+        const uint8_t* qs = row + 16 + 32 * g;
+        const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+        const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs + 16));
+        for (int h = 0; h < 2; ++h) {
+          const int64_t sub = b + 2 * g + h;
+          float sc, mn;
+          scale_min_k4(2 * g + h, row + 4, &sc, &mn);
+          const __m128i c0 = _mm_and_si128(h ? _mm_srli_epi16(r0, 4) : r0, low4);
+          const __m128i c1 = _mm_and_si128(h ? _mm_srli_epi16(r1, 4) : r1, low4);
+          acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc), codes32_dot(c0, c1, x + 32 * sub), acc[h]);
+          offset -= dmin * mn * sx[sub];
+        }
       }
     }
-    const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x + 32 * b + 16),
-                                     _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(x + 32 * b)));
-    acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[b & 1]);
-    if constexpr (Q == kQ4_1) offset += f16(blk + 2) * sx[b];
+  } else {  // blocks of 32: Q8_0's signed bytes, or Q4_0's / Q4_1's nibbles (low nibbles are weights 0..15)
+    constexpr int64_t bytes = Q == kQ8_0 ? 34 : Q == kQ4_0 ? 18 : 20;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * bytes;
+      const float d = f16(blk);
+      __m512 t;
+      if constexpr (Q == kQ8_0) {
+        const __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
+        const __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)));
+        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x + 32 * b + 16),
+                            _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(x + 32 * b)));
+      } else {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q == kQ4_1 ? 4 : 2)));
+        t = codes32_dot(_mm_and_si128(raw, low4), _mm_and_si128(_mm_srli_epi16(raw, 4), low4), x + 32 * b);
+      }
+      acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[b & 1]);
+      if constexpr (Q == kQ4_0) offset -= 8.f * d * sx[b];
+      if constexpr (Q == kQ4_1) offset += f16(blk + 2) * sx[b];
+    }
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
 }
@@ -246,10 +268,10 @@ void mm_rows_fp32_t(const float* x, int64_t m, const uint8_t* w, int64_t n, int6
                        : Q == kQ4_K ? Layout{256, 144} : Layout{256, 210};
   const int64_t rb = k / l.block * l.bytes;
 #if defined(__AVX512F__)
-  if constexpr (kFusedDot && (Q == kQ8_0 || Q == kQ4_0 || Q == kQ4_1)) {
+  if constexpr (kFusedDot && Q != kQ6_K) {
     if (m <= kFusedRows) {
       const int64_t nb = k / 32;
-      std::vector<float> sx(m * nb);  // each x block's sum (Q4_1's mins)
+      std::vector<float> sx(m * nb);  // each x block's sum (Q4_0's offset, Q4_1's and Q4_K's mins)
       for (int64_t i = 0; i < m * nb; ++i) {
         float t = 0.f;
         for (int j = 0; j < 32; ++j) t += x[32 * i + j];
