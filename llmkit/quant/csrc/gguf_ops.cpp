@@ -5,7 +5,7 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   Q8_0/Q4_0/Q4_1/Q4_K at up to kFusedRows x rows (AVX-512): fused block dots (fused_dot).
+//   At most kFusedRows x rows on AVX-512: fused block dots (fused_dot).
 //   Otherwise a row is dequantised into an fp32 buffer that stays in L1 and dotted in
 //   fp32 with every x row (exact fp32 products). With int8_activations, on AVX2 CPUs,
 //   it is llama.cpp's recipe: x is quantised per 32-block to int8
@@ -43,7 +43,7 @@ namespace {
 constexpr int64_t kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ6_K = 14;
 constexpr int64_t kSmallM = 8;      // at most this many x rows take the row-streaming path
 constexpr int64_t kTileRows = 256;  // W rows dequantised per GEMM tile on the many-rows path
-constexpr int64_t kFusedRows = 4;   // at most this many x rows read Q8_0/Q4_0/Q4_1/Q4_K blocks without a row buffer
+constexpr int64_t kFusedRows = 4;   // at most this many x rows read the blocks without a row buffer
 
 struct Layout {
   int64_t block, bytes;
@@ -202,7 +202,7 @@ inline void deq_block(const uint8_t* b, float* y) {
 }
 
 #if defined(__AVX512F__)
-// Q8_0 / Q4_0 / Q4_1 / Q4_K at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
+// every type at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
 // each block's codes widened in registers and scaled once (d * (q . x), plus Q4_1's and Q4_K's mins times
 // sum(x)): about twice as fast as dequantising the row into a buffer first (a store and a load per weight)
 constexpr bool kFusedDot = true;
@@ -233,6 +233,29 @@ float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb)
           const __m128i c1 = _mm_and_si128(h ? _mm_srli_epi16(r1, 4) : r1, low4);
           acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc), codes32_dot(c0, c1, x + 32 * sub), acc[h]);
           offset -= dmin * mn * sx[sub];
+        }
+      }
+    }
+  } else if constexpr (Q == kQ6_K) {  // super-blocks of 256: chunk k of each half has 16-weight scales 2k, 2k + 1
+    const __m128i low2 = _mm_set1_epi8(3);
+    for (int64_t b = 0; b < nb; b += 8, row += 210) {
+      const int8_t* sc = reinterpret_cast<const int8_t*>(row + 192);
+      const float d = f16(row + 208);
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* ql = row + 64 * half;
+        const uint8_t* qh = row + 128 + 32 * half;
+        for (int k = 0; k < 4; ++k) {
+          const float* xc = x + 32 * (b + 4 * half + k);
+          for (int part = 0; part < 2; ++part) {  // 16 weights each: 6-bit codes = low 4 bits | high 2 bits << 4
+            const __m128i l4 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ql + 32 * (k & 1) + 16 * part));
+            const __m128i h2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * part));
+            const __m128i lo = _mm_and_si128(k >= 2 ? _mm_srli_epi16(l4, 4) : l4, low4);
+            const __m128i hi = _mm_and_si128(_mm_srli_epi16(h2, 2 * k), low2);
+            const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(lo, _mm_slli_epi16(hi, 4))),
+                                               _mm512_set1_epi32(32));
+            acc[part] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc[4 * 2 * half + 2 * k + part]),
+                                        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_loadu_ps(xc + 16 * part)), acc[part]);
+          }
         }
       }
     }
@@ -268,7 +291,7 @@ void mm_rows_fp32_t(const float* x, int64_t m, const uint8_t* w, int64_t n, int6
                        : Q == kQ4_K ? Layout{256, 144} : Layout{256, 210};
   const int64_t rb = k / l.block * l.bytes;
 #if defined(__AVX512F__)
-  if constexpr (kFusedDot && Q != kQ6_K) {
+  if constexpr (kFusedDot) {
     if (m <= kFusedRows) {
       const int64_t nb = k / 32;
       std::vector<float> sx(m * nb);  // each x block's sum (Q4_0's offset, Q4_1's and Q4_K's mins)
