@@ -5,7 +5,7 @@
 //
 // gguf_mm(x (..., K), W) -> (..., N) has two paths:
 // - few rows (decoding): parallel over output rows, each row's blocks are read once.
-//   At most kFusedRows x rows on AVX-512: fused block dots (fused_dot).
+//   At most kFusedRows x rows on AVX-512: fused block dots (fused_dot, mm_rows_fused).
 //   Otherwise a row is dequantised into an fp32 buffer that stays in L1 and dotted in
 //   fp32 with every x row (exact fp32 products). With int8_activations, on AVX2 CPUs,
 //   it is llama.cpp's recipe: x is quantised per 32-block to int8
@@ -189,29 +189,19 @@ at::Tensor gguf_dequantize(const at::Tensor& weight, int64_t qtype, int64_t in_f
   return dtype == at::kFloat ? out : out.to(dtype);
 }
 
-// ---- few rows: fp32 dot products against a dequantised row in L1 ----
-// one block of type Q, called directly so that it inlines into the row loop (through a function pointer,
-// one call per 32 weights, SmolLM2 Q4_1's 211 layers took 19 ms a token: 5 GB/s of blocks on two cores)
-template <int64_t Q>
-inline void deq_block(const uint8_t* b, float* y) {
-  if constexpr (Q == kQ8_0) deq_q8_0(b, y);
-  if constexpr (Q == kQ4_0) deq_q4_0(b, y);
-  if constexpr (Q == kQ4_1) deq_q4_1(b, y);
-  if constexpr (Q == kQ4_K) deq_q4_k(b, y);
-  if constexpr (Q == kQ6_K) deq_q6_k(b, y);
-}
-
 #if defined(__AVX512F__)
-// every type at a few x rows: one weight row . one x row straight from the blocks, fp32 products,
+// ---- a few x rows, every type: one weight row . one x row straight from the blocks, fp32 products,
 // each block's codes widened in registers and scaled once (d * (q . x), plus Q4_1's and Q4_K's mins times
 // sum(x)): about twice as fast as dequantising the row into a buffer first (a store and a load per weight)
-constexpr bool kFusedDot = true;
 
-// 32 weights . x: the codes' two 16-byte halves widened to fp32 (2 x 16 lanes of partial sums)
-inline __m512 codes32_dot(__m128i lo_bytes, __m128i hi_bytes, const float* x) {
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi_bytes)), _mm512_loadu_ps(x + 16),
-                         _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo_bytes)), _mm512_loadu_ps(x)));
+// 32 weights . x from their codes as two vectors of 16 int32 (2 x 16 lanes of partial sums)
+inline __m512 codes32_dot(__m512i lo, __m512i hi, const float* x) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x + 16),
+                         _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(x)));
 }
+
+// 16 unsigned code bytes as int32
+inline __m512i widen_u8(__m128i bytes) { return _mm512_cvtepu8_epi32(bytes); }
 
 template <int64_t Q>
 float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb) {
@@ -231,7 +221,8 @@ float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb)
           scale_min_k4(2 * g + h, row + 4, &sc, &mn);
           const __m128i c0 = _mm_and_si128(h ? _mm_srli_epi16(r0, 4) : r0, low4);
           const __m128i c1 = _mm_and_si128(h ? _mm_srli_epi16(r1, 4) : r1, low4);
-          acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc), codes32_dot(c0, c1, x + 32 * sub), acc[h]);
+          acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc), codes32_dot(widen_u8(c0), widen_u8(c1), x + 32 * sub),
+                                   acc[h]);
           offset -= dmin * mn * sx[sub];
         }
       }
@@ -251,7 +242,7 @@ float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb)
             const __m128i h2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qh + 16 * part));
             const __m128i lo = _mm_and_si128(k >= 2 ? _mm_srli_epi16(l4, 4) : l4, low4);
             const __m128i hi = _mm_and_si128(_mm_srli_epi16(h2, 2 * k), low2);
-            const __m512i q = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_or_si128(lo, _mm_slli_epi16(hi, 4))),
+            const __m512i q = _mm512_sub_epi32(widen_u8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4))),
                                                _mm512_set1_epi32(32));
             acc[part] = _mm512_fmadd_ps(_mm512_set1_ps(d * sc[4 * 2 * half + 2 * k + part]),
                                         _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_loadu_ps(xc + 16 * part)), acc[part]);
@@ -266,13 +257,12 @@ float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb)
       const float d = f16(blk);
       __m512 t;
       if constexpr (Q == kQ8_0) {
-        const __m512i lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)));
-        const __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)));
-        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_loadu_ps(x + 32 * b + 16),
-                            _mm512_mul_ps(_mm512_cvtepi32_ps(lo), _mm512_loadu_ps(x + 32 * b)));
+        t = codes32_dot(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))),
+                        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))), x + 32 * b);
       } else {
         const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (Q == kQ4_1 ? 4 : 2)));
-        t = codes32_dot(_mm_and_si128(raw, low4), _mm_and_si128(_mm_srli_epi16(raw, 4), low4), x + 32 * b);
+        t = codes32_dot(widen_u8(_mm_and_si128(raw, low4)), widen_u8(_mm_and_si128(_mm_srli_epi16(raw, 4), low4)),
+                        x + 32 * b);
       }
       acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(d), t, acc[b & 1]);
       if constexpr (Q == kQ4_0) offset -= 8.f * d * sx[b];
@@ -281,38 +271,49 @@ float fused_dot(const uint8_t* row, const float* x, const float* sx, int64_t nb)
   }
   return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
 }
-#else
-constexpr bool kFusedDot = false;
+
+// out (m, n) for m <= kFusedRows x rows through fused_dot; the x blocks' sums pay the types' offsets and mins
+template <int64_t Q>
+void mm_rows_fused(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, float* out) {
+  const int64_t nb = k / 32, rb = k / layout(Q).block * layout(Q).bytes;
+  std::vector<float> sx;
+  if constexpr (Q == kQ4_0 || Q == kQ4_1 || Q == kQ4_K) {
+    sx.resize(m * nb);
+    for (int64_t i = 0; i < m * nb; ++i) {
+      float t = 0.f;
+      for (int j = 0; j < 32; ++j) t += x[32 * i + j];
+      sx[i] = t;
+    }
+  }
+  at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t j = n0; j < n1; ++j)
+      for (int64_t i = 0; i < m; ++i)
+        out[i * n + j] = fused_dot<Q>(w + j * rb, x + i * k, sx.empty() ? nullptr : sx.data() + i * nb, nb);
+  });
+}
 #endif
 
-template <int64_t Q>
-void mm_rows_fp32_t(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, float* out) {
-  constexpr Layout l = Q == kQ8_0 ? Layout{32, 34} : Q == kQ4_0 ? Layout{32, 18} : Q == kQ4_1 ? Layout{32, 20}
-                       : Q == kQ4_K ? Layout{256, 144} : Layout{256, 210};
-  const int64_t rb = k / l.block * l.bytes;
+// ---- few rows: fp32 dot products, fused with the blocks (AVX-512, at most kFusedRows x rows) or against a
+// dequantised row in L1 ----
+void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
 #if defined(__AVX512F__)
-  if constexpr (kFusedDot) {
-    if (m <= kFusedRows) {
-      const int64_t nb = k / 32;
-      std::vector<float> sx(m * nb);  // each x block's sum (Q4_0's offset, Q4_1's and Q4_K's mins)
-      for (int64_t i = 0; i < m * nb; ++i) {
-        float t = 0.f;
-        for (int j = 0; j < 32; ++j) t += x[32 * i + j];
-        sx[i] = t;
-      }
-      at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
-        for (int64_t j = n0; j < n1; ++j)
-          for (int64_t i = 0; i < m; ++i) out[i * n + j] = fused_dot<Q>(w + j * rb, x + i * k, sx.data() + i * nb, nb);
-      });
-      return;
+  if (m <= kFusedRows) {
+    switch (qtype) {
+      case kQ8_0: return mm_rows_fused<kQ8_0>(x, m, w, n, k, out);
+      case kQ4_0: return mm_rows_fused<kQ4_0>(x, m, w, n, k, out);
+      case kQ4_1: return mm_rows_fused<kQ4_1>(x, m, w, n, k, out);
+      case kQ4_K: return mm_rows_fused<kQ4_K>(x, m, w, n, k, out);
+      case kQ6_K: return mm_rows_fused<kQ6_K>(x, m, w, n, k, out);
     }
   }
 #endif
+  const Layout l = layout(qtype);
+  const DeqFn fn = deq_fn(qtype);
+  const int64_t rb = k / l.block * l.bytes;
   at::parallel_for(0, n, 16, [&](int64_t n0, int64_t n1) {
     std::vector<float> row(k);
     for (int64_t j = n0; j < n1; ++j) {
-      const uint8_t* src = w + j * rb;
-      for (int64_t b = 0; b < k / l.block; ++b) deq_block<Q>(src + b * l.bytes, row.data() + b * l.block);
+      deq_row(fn, l, w + j * rb, k, row.data());
       for (int64_t i = 0; i < m; ++i) {
         const float* xi = x + i * k;
         float dot = 0.f;
@@ -322,17 +323,6 @@ void mm_rows_fp32_t(const float* x, int64_t m, const uint8_t* w, int64_t n, int6
       }
     }
   });
-}
-
-void mm_rows_fp32(const float* x, int64_t m, const uint8_t* w, int64_t n, int64_t k, int64_t qtype, float* out) {
-  switch (qtype) {
-    case kQ8_0: return mm_rows_fp32_t<kQ8_0>(x, m, w, n, k, out);
-    case kQ4_0: return mm_rows_fp32_t<kQ4_0>(x, m, w, n, k, out);
-    case kQ4_1: return mm_rows_fp32_t<kQ4_1>(x, m, w, n, k, out);
-    case kQ4_K: return mm_rows_fp32_t<kQ4_K>(x, m, w, n, k, out);
-    case kQ6_K: return mm_rows_fp32_t<kQ6_K>(x, m, w, n, k, out);
-  }
-  layout(qtype);  // raises
 }
 
 #ifdef LLMKIT_INT8_DOT
