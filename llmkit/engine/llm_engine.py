@@ -293,11 +293,13 @@ class LLMEngine:
                 generators.append(self.tracks[seq.request.request_id].generator)
                 owners.append(seq)
         if rows:
-            raw = torch.stack(rows)
+            raw = rows[0][None] if len(rows) == 1 else torch.stack(rows)  # (R, V); one row: no copy
             processed = sampler.process(raw, params, owners)
             for r, seq in enumerate(owners):
                 processor = self.tracks[seq.request.request_id].logits_processor
                 if processor is not None:
+                    if processed is raw:  # log-probs are read from the raw logits: keep them
+                        processed = raw.clone()
                     processed[r] = processor(seq.output_token_ids, processed[r])
             tokens = sampler.sample(processed, params, generators)
             logprobs = self._logprobs(raw, tokens, params)

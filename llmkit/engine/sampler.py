@@ -19,6 +19,7 @@ import torch
 
 from llmkit.engine.sequence import Sequence
 from llmkit.generate import processors as P
+from llmkit.generate.argmax import argmax
 from llmkit.generate.sampling import SamplingParams, gumbel_noise
 
 
@@ -77,12 +78,12 @@ def sample(logits: torch.Tensor, params: Seq[SamplingParams], generators: Seq[to
         generators: one per row: a seeded request's own generator, or None for the global one.
     """
     if all(p.greedy for p in params):
-        return logits.argmax(dim=-1)
+        return argmax(logits)
     noise = torch.zeros_like(logits)
     for i, (p, g) in enumerate(zip(params, generators)):
         if not p.greedy:
             noise[i] = gumbel_noise(logits.shape[1:], logits.device, g)
-    return (logits + noise).argmax(dim=-1)
+    return argmax(logits + noise)
 
 
 def top_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: Seq[int]) -> list[dict[int, float]]:

@@ -44,6 +44,7 @@ import torch
 from llmkit.engine import sampler
 from llmkit.engine.model_runner import Feed, ModelRunner
 from llmkit.engine.sequence import Sequence
+from llmkit.generate.argmax import argmax
 from llmkit.model import CausalLM
 
 
@@ -223,7 +224,7 @@ class LookaheadProposer:
         state = self._state(seq)
         w, n = len(state["guesses"]), self.cfg.num_tokens
         c = logits.shape[0] - 1 - w
-        best = logits.argmax(dim=-1).tolist()
+        best = argmax(logits).tolist()
         fresh = [best[0]] + best[1 + c:]  # guess i+1 is what the model predicts after guess i: W + 1 tokens
         pool = state["pool"]
         for i in range(len(fresh) - n):
@@ -260,7 +261,7 @@ def verify(logits: torch.Tensor, drafts: list[int], greedy: bool, q: torch.Tenso
         1 to k + 1 token ids.
     """
     if greedy:
-        target = logits.argmax(dim=-1).tolist()
+        target = argmax(logits).tolist()
         a = 0
         while a < len(drafts) and drafts[a] == target[a]:
             a += 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmkit.generate import processors as P
+from llmkit.generate.argmax import argmax
 
 
 @dataclass(frozen=True)
@@ -145,4 +146,4 @@ def select(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
     Returns:
         (B,) int64 token ids.
     """
-    return (logits if noise is None else logits + noise).argmax(dim=-1)
+    return argmax(logits if noise is None else logits + noise)

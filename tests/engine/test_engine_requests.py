@@ -127,6 +127,25 @@ def test_logprobs_are_the_model_log_softmax(tiny, tokenizer):
         assert set(row.topk(2).indices.tolist()) <= set(lps)
 
 
+def test_logprobs_of_a_constrained_request_come_from_the_raw_logits(tiny, tokenizer):
+    """A logits processor forcing a token changes the choice, not the reported distribution."""
+    forced = 9
+
+    def only_forced(output_ids, logits):
+        return torch.full_like(logits, float("-inf")).index_fill_(0, torch.tensor([forced]), 0.0)
+
+    engine = engine_for(tiny, tokenizer)
+    prompt = [5, 6, 7, 8]
+    engine.add_request("r", prompt, SamplingParams(max_tokens=2, logprobs=0, ignore_eos=True),
+                       logits_processor=only_forced)
+    out = drain(engine)["r"].outputs[0]
+    assert out.token_ids == [forced, forced]
+    with torch.no_grad():
+        full = tiny(torch.tensor([prompt + out.token_ids]))[0].float().log_softmax(-1)
+    for i, lps in enumerate(out.logprobs):
+        assert lps[forced] == pytest.approx(float(full[len(prompt) - 1 + i, forced]), abs=1e-4)
+        assert lps[forced] < -1e-3  # the masked logits would give log 1 = 0
+
 def test_text_and_stop_strings_match_generate(tiny, tokenizer):
     prompts = ["Hello world.", "The quick brown", "Emoji 🤗 and"]
     llm = LLM(tiny, tokenizer=tokenizer, kv_cache_memory="32MiB")

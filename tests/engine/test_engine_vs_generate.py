@@ -74,18 +74,20 @@ def test_smollm2_on_the_engine_equals_generate(smollm2_gguf):
 
 @pytest.mark.slow
 def test_compiled_decode_steps_equal_eager(tiny, tokenizer):
-    prompts = [list(range(3, 40)), list(range(50, 61))]
     engine = build(tiny, tokenizer, compile=True)
-    for i, (prompt, n) in enumerate(zip(prompts, (8, 3))):  # together for 2 decode steps, then one alone
-        engine.add_request(str(i), prompt, SamplingParams(max_tokens=n, ignore_eos=True))
-    got = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="torch.compile of the decode step failed")
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if out.finished:
-                    got[out.request_id] = out.outputs[0].token_ids
-    assert got == {str(i): naive(tiny, p, n, ()) for i, (p, n) in enumerate(zip(prompts, (8, 3)))}
+    # the second round reuses the compiled buckets' block-table rows with other, shorter tables
+    for prompts, lengths in (([list(range(3, 60)), list(range(50, 61))], (8, 3)),
+                             ([list(range(90, 99)), list(range(100, 140))], (3, 8))):
+        for i, (prompt, n) in enumerate(zip(prompts, lengths)):  # together for 2 decode steps, then one alone
+            engine.add_request(str(i), prompt, SamplingParams(max_tokens=n, ignore_eos=True))
+        got = {}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="torch.compile of the decode step failed")
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        got[out.request_id] = out.outputs[0].token_ids
+        assert got == {str(i): naive(tiny, p, n, ()) for i, (p, n) in enumerate(zip(prompts, lengths))}
     assert set(engine.runner.steps) == {1, 2}  # decode-only steps of two rows, then of one, were compiled
 
 
