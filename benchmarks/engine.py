@@ -16,7 +16,8 @@ Columns: output tok/s, total (prompt + output) tok/s, mean and p90 time to first
 token, wall time. The engines take turns, ``--rounds`` times, and each keeps its
 best round. Then, for llmkit alone: throughput vs concurrency (``max_num_seqs`` 1, 4,
 16, 64, with at least 8 requests; a PNG), mean TTFT of 32 requests sharing a 400-token system prompt with and
-without prefix caching, batch-1 decode on the engine vs ``generate``, both eager and both compiled,
+without prefix caching, batch-1 decode on the engine vs ``generate``, both eager and both compiled (median
+step times of generations taking turns),
 and n-gram speculation on an input-grounded task (batch 1).
 
     .venv/bin/python benchmarks/engine.py [--quick] [--dtypes fp32,bf16] [--threads N] [--compile]
@@ -222,34 +223,45 @@ def prefix_cache_ttft(model, tok, n: int = 32):
     return res
 
 
-def batch1_decode(model, tok, n: int, compile: bool):
-    """Decode tok/s after a 512-token prompt: engine (bucket 1) vs ``generate``, both compiled or both eager."""
+def batch1_decode(model, tok, n: int, compile: bool, rounds: int = 5):
+    """Decode tok/s after a 512-token prompt: engine (bucket 1) vs ``generate``, both compiled or both eager.
+
+    Each decode step is timed on its own (the prompt's step is not), the two take turns for ``rounds``
+    generations of ``n`` tokens each, and each keeps the median of its rounds' median step times: on a
+    shared 2-core host one busy moment moves a whole run by 10%, a median of steps much less.
+    """
+    import statistics
+
     from llmkit.engine import LLM, SamplingParams
-    from llmkit.generate import generate_tokens
+    from llmkit.generate.loop import TokenStream
 
     prompt = workload(1, (512, 512), (1, 1), seed=3)[0][0]
     ids = torch.tensor([prompt])
-
-    def gen(k):
-        generate_tokens(model, ids, max_new_tokens=k, compile=compile)
-
     llm = LLM(model, tokenizer=tok, kv_cache_memory="1GiB", compile=compile)
 
-    def eng(k):
-        llm.generate([prompt], SamplingParams(max_tokens=k, ignore_eos=True), use_tqdm=False)
+    def gen(k):
+        stamps = [time.perf_counter() for _ in TokenStream(model, ids, max_new_tokens=k, compile=compile)]
+        return [b - a for a, b in zip(stamps, stamps[1:])]  # the first token comes from the prompt's step
 
-    rates = {}
-    for name, fn in (("generate", gen), ("engine", eng)):
-        fn(2)  # warm-up / compile
-    for _ in range(2):
-        for name, fn in (("generate", gen), ("engine", eng)):
+    def eng(k):
+        engine = llm.engine
+        engine.add_request(f"b1-{time.perf_counter()}", prompt, SamplingParams(max_tokens=k, ignore_eos=True))
+        engine.step()  # the prompt
+        steps = []
+        while engine.has_unfinished_requests():
             t0 = time.perf_counter()
-            fn(1)
-            t1 = time.perf_counter()
-            fn(n + 1)
-            t2 = time.perf_counter()
-            rates[name] = max(rates.get(name, 0.0), n / ((t2 - t1) - (t1 - t0)))
-    return rates
+            engine.step()
+            steps.append(time.perf_counter() - t0)
+        return steps
+
+    runs = {"generate": gen, "engine": eng}
+    for fn in runs.values():
+        fn(3)  # warm-up / compile
+    medians: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            medians[name].append(statistics.median(fn(n + 1)))
+    return {name: 1 / statistics.median(m) for name, m in medians.items()}
 
 
 def ngram_speculation(model, tok, n: int):
@@ -297,7 +309,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--threads", type=int, default=0, help="torch and llama.cpp threads (0 = torch default)")
     ap.add_argument("--compile", action="store_true", help="compile llmkit's decode-only steps")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: transformers,llama,sweep,extras")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: table (the throughput table), transformers,llama,sweep,extras")
     ap.add_argument("--png", default=str(ROOT / "docs" / "engine-throughput.png"))
     args = ap.parse_args()
     if args.threads:
@@ -313,33 +325,34 @@ def main() -> None:
     from llmkit.io.pull import resolve_model
 
     path = resolve_model("smollm2-135m-instruct")
-    binary = None if "llama" in skip else llama_server_binary()
+    binary = None if {"llama", "table"} & skip else llama_server_binary()
     print(f"SmolLM2-135M-Instruct, {n} requests, prompts {plen[0]}-{plen[1]}, outputs {olen[0]}-{olen[1]}, "
           f"{threads} threads, torch {torch.__version__}, best of {rounds} round(s)")
     table = {}
     for name in args.dtypes.split(","):
         model, tok = load_model_and_tokenizer(path, dtype=DTYPES[name])
-        engines = {"llmkit": lambda r, m=model, t=tok: run_llmkit(
-            LLM(m, tokenizer=t, kv_cache_memory="2GiB", compile=args.compile), r)}
-        if "transformers" not in skip:
-            for b in (8, 16):
-                engines[f"transformers b{b}"] = transformers_runner(path, DTYPES[name], b)
-        server = None
-        if binary is not None:
-            server = LlamaServer(binary, llama_gguf(binary, path, name), 8, 8 * 1024, threads)
-            engines["llama-server p8"] = server.run
-        engines["llmkit"](reqs[:2])  # warm-up (and compilation)
         best: dict[str, dict[str, float]] = {}
-        try:
-            for _ in range(rounds):
-                for engine, run in engines.items():
-                    row = summarise(reqs, *run(reqs))
-                    if engine not in best or row["output tok/s"] > best[engine]["output tok/s"]:
-                        best[engine] = row
-                    print(f"  [{name}] {engine:<16} {row['output tok/s']:8.1f} output tok/s")
-        finally:
-            if server is not None:
-                server.close()
+        if "table" not in skip:
+            engines = {"llmkit": lambda r, m=model, t=tok: run_llmkit(
+                LLM(m, tokenizer=t, kv_cache_memory="2GiB", compile=args.compile), r)}
+            if "transformers" not in skip:
+                for b in (8, 16):
+                    engines[f"transformers b{b}"] = transformers_runner(path, DTYPES[name], b)
+            server = None
+            if binary is not None:
+                server = LlamaServer(binary, llama_gguf(binary, path, name), 8, 8 * 1024, threads)
+                engines["llama-server p8"] = server.run
+            engines["llmkit"](reqs[:2])  # warm-up (and compilation)
+            try:
+                for _ in range(rounds):
+                    for engine, run in engines.items():
+                        row = summarise(reqs, *run(reqs))
+                        if engine not in best or row["output tok/s"] > best[engine]["output tok/s"]:
+                            best[engine] = row
+                        print(f"  [{name}] {engine:<16} {row['output tok/s']:8.1f} output tok/s")
+            finally:
+                if server is not None:
+                    server.close()
         table.update({(name, e): r for e, r in best.items()})
         if name == args.dtypes.split(",")[-1] and "sweep" not in skip:
             print(f"[{name}] throughput vs concurrency")
@@ -365,7 +378,7 @@ def main() -> None:
     print("\n" + header + "\n" + "-" * len(header))
     for (dtype, engine), row in table.items():
         print(f"{dtype:<5} {engine:<17}" + "".join(f"{row[c]:>14.2f}" for c in cols))
-    if binary is None and "llama" not in skip:
+    if binary is None and not {"llama", "table"} & skip:
         print("llama-server: skipped (run benchmarks/build_llama_server.sh to build it)")
     print("\nratios, llmkit / other (output tok/s; > 1 = llmkit faster)")
     for (dtype, engine), row in table.items():
