@@ -17,6 +17,7 @@
 namespace {
 
 constexpr int64_t kGroup = 16;  // values checked per vector compare in the search pass
+constexpr int64_t kTaskValues = 1 << 16;  // values per parallel task
 
 int64_t row_argmax(const float* x, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
@@ -50,11 +51,17 @@ at::Tensor argmax_rows(const at::Tensor& logits) {
   auto out = at::empty({rows}, logits.options().dtype(at::kLong));
   const float* x = logits.data_ptr<float>();
   int64_t* o = out.data_ptr<int64_t>();
-  // a task is a few rows (~64k values): one row is too little work to hand to another thread
-  const int64_t grain = std::max<int64_t>(1, (1 << 16) / n);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  auto rows_argmax = [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) o[r] = row_argmax(x + r * n, n);
-  });
+  };
+  // a task is a few rows (~64k values): one row is too little work to hand to another thread, and a
+  // parallel region for one task still cost ~50 us right after a compiled step's (its threads busy)
+  const int64_t grain = std::max<int64_t>(1, kTaskValues / n);
+  if (rows <= grain) {
+    rows_argmax(0, rows);
+  } else {
+    at::parallel_for(0, rows, grain, rows_argmax);
+  }
   return out;
 }
 

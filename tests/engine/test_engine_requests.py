@@ -212,3 +212,14 @@ def test_penalties_and_truncation_per_row_match_generate(tiny, tokenizer):
                                                                "frequency_penalty")})
         want = generate_tokens(tiny, torch.tensor([prompt]), max_new_tokens=12, sampling=choice).token_ids[0]
         assert done[str(i)].outputs[0].token_ids == want, f"row {i}"
+
+
+def test_rows_of_one_logits_tensor_are_sampled_without_a_copy():
+    from llmkit.engine.llm_engine import _as_matrix
+
+    logits = torch.randn(5, 7)
+    rows = [logits[i:i + 1][-1] for i in range(1, 4)]  # the runner's per-feed slices of a decode step
+    matrix = _as_matrix(rows)
+    assert torch.equal(matrix, logits[1:4]) and matrix.data_ptr() == logits[1].data_ptr()
+    for rows in ([logits[0], logits[2]], [logits[3], logits[3]], [logits[1], torch.randn(7)]):  # gaps, n > 1
+        assert torch.equal(_as_matrix(rows), torch.stack(rows))
