@@ -1,5 +1,6 @@
-"""Kernel build names: one per torch version and CPU feature set, so a shared build cache never hands
-a host a library compiled for instructions it lacks."""
+"""Kernel builds: names per torch version and CPU feature set, so a shared build cache never hands
+a host a library compiled for instructions it lacks; a failed build warns so callers keep their fallback."""
+import pytest
 import torch
 
 from llmkit import native
@@ -20,3 +21,11 @@ def test_fingerprint_follows_the_cpu_flags():
     assert native.fingerprint(info("fma avx2 fpu sse2")) == avx2  # the order of flags does not matter
     assert native.fingerprint(info("fpu sse2 avx2 fma avx512f avx512_bf16")) != avx2
     assert native.fingerprint("Features\t: fp asimd sve\n") != native.fingerprint("Features\t: fp asimd\n")
+
+
+def test_a_library_that_does_not_build_warns_and_reports_false(tmp_path):
+    source = tmp_path / "broken.cpp"
+    source.write_text("this is not C++\n")
+    with pytest.warns(RuntimeWarning, match="(?s)^the test kernel could not be built .*; using the fallback$"):
+        assert native.build("llmkit_test_broken", [source], [], "the test kernel",
+                            "using the fallback") is False

@@ -51,17 +51,11 @@ at::Tensor argmax_rows(const at::Tensor& logits) {
   auto out = at::empty({rows}, logits.options().dtype(at::kLong));
   const float* x = logits.data_ptr<float>();
   int64_t* o = out.data_ptr<int64_t>();
-  auto rows_argmax = [&](int64_t begin, int64_t end) {
+  // a task is a few rows (~64k values): one row is too little work to hand to another thread (parallel_for
+  // runs a range of at most one grain on the calling thread)
+  at::parallel_for(0, rows, std::max<int64_t>(1, kTaskValues / n), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) o[r] = row_argmax(x + r * n, n);
-  };
-  // a task is a few rows (~64k values): one row is too little work to hand to another thread, and a
-  // parallel region for one task still cost ~50 us right after a compiled step's (its threads busy)
-  const int64_t grain = std::max<int64_t>(1, kTaskValues / n);
-  if (rows <= grain) {
-    rows_argmax(0, rows);
-  } else {
-    at::parallel_for(0, rows, grain, rows_argmax);
-  }
+  });
   return out;
 }
 

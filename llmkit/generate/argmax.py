@@ -14,32 +14,20 @@ inside a compiled graph (inductor's own argmax is fast) and for other dtypes,
 from __future__ import annotations
 
 import functools
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 
-from llmkit.native import build_name
+from llmkit import native
 
 SOURCE = Path(__file__).with_name("argmax.cpp")
-log = logging.getLogger(__name__)
 
 
 @functools.cache
 def load() -> bool:
     """Build (once per machine) and load the kernel; False, with a warning, if that fails."""
-    from torch.utils.cpp_extension import load as build
-
-    log.info("building the CPU argmax kernel (once; cached by torch)")
-    try:
-        build(build_name("llmkit_argmax"), [str(SOURCE)], is_python_module=False,
-              extra_cflags=["-O3", "-march=native", "-fopenmp"])
-    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: torch.argmax does it
-        warnings.warn(f"the CPU argmax kernel could not be built ({type(e).__name__}: {e}); "
-                      "using torch.argmax", RuntimeWarning, stacklevel=2)
-        return False
-    return True
+    return native.build("llmkit_argmax", [SOURCE], ["-O3", "-march=native", "-fopenmp"], "the CPU argmax kernel",
+                        "using torch.argmax")
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:

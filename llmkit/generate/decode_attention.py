@@ -32,34 +32,23 @@ linears, so the model's code does not change.
 from __future__ import annotations
 
 import functools
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from llmkit.native import build_name
+from llmkit import native
 
 SOURCE = Path(__file__).with_name("decode_attention.cpp")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-log = logging.getLogger(__name__)
 
 
 @functools.cache
 def load() -> bool:
     """Build (once per machine) and load the kernel; False, with a warning, if that fails."""
-    from torch.utils.cpp_extension import load as build
-
-    log.info("building the CPU decode-attention kernel (once; cached by torch)")
-    try:
-        # one build per torch version and CPU (llmkit.native): other headers or instruction sets would not load
-        build(build_name("llmkit_decode_attention"), [str(SOURCE)], is_python_module=False,
-              extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"])
-    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: keep torch's attention
-        warnings.warn(f"the CPU decode-attention kernel could not be built ({type(e).__name__}: {e}); "
-                      "decoding with torch's attention", RuntimeWarning, stacklevel=2)
+    if not native.build("llmkit_decode_attention", [SOURCE], ["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+                        "the CPU decode-attention kernel", "decoding with torch's attention"):
         return False
     torch.library.register_fake("llmkit::decode_attention")(_shape)
     torch.library.register_fake("llmkit::paged_decode_attention")(_paged_shape)

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from llmkit.native import build_name
+from llmkit.native import build as build_library
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = [CSRC / name for name in ("gguf_ops.cpp", "int8_mm.cpp", "few_rows_mm.cpp")]
 HEADERS = [CSRC / "q8_block.h"]  # torch rebuilds when a source changes, not a header: they go into the name
-log = logging.getLogger(__name__)
 # read by native() while compiling instead of calling load(), which dynamo cannot trace (it builds C++)
 _STATE = {"ready": False}
 # what the wrapper modules register once the library is loaded (gguf_ops: its fakes and autograd formula)
@@ -53,16 +50,9 @@ def on_load(register: Callable[[], None]) -> None:
 @functools.cache
 def load() -> bool:
     """Build (once per machine) and load the operators; False, with a warning, if that fails."""
-    from torch.utils.cpp_extension import load as build
-
-    log.info("building the quantised-matmul kernels (once; cached by torch)")
-    try:
-        headers = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:8]
-        build(build_name("llmkit_quant_ops", headers), [str(s) for s in SOURCES], is_python_module=False,
-              extra_cflags=["-O3", "-march=native", "-fopenmp"])
-    except Exception as e:  # noqa: BLE001 - no compiler, no ninja, no OpenMP: use the torch fallback
-        warnings.warn(f"the quantised-matmul kernels could not be built ({type(e).__name__}: {e}); "
-                      "GGUF and int8 layers compute with torch ops instead", RuntimeWarning, stacklevel=2)
+    headers = hashlib.sha1(b"".join(h.read_bytes() for h in HEADERS)).hexdigest()[:8]
+    if not build_library("llmkit_quant_ops", SOURCES, ["-O3", "-march=native", "-fopenmp"],
+                         "the quantised-matmul kernels", "GGUF and int8 layers compute with torch ops instead", headers):
         return False
     torch.library.register_fake("llmkit::int8_mm")(_int8_mm_shape)
     torch.library.register_fake("llmkit::few_rows_mm")(_few_rows_mm_shape)

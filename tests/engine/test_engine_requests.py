@@ -146,6 +146,7 @@ def test_logprobs_of_a_constrained_request_come_from_the_raw_logits(tiny, tokeni
         assert lps[forced] == pytest.approx(float(full[len(prompt) - 1 + i, forced]), abs=1e-4)
         assert lps[forced] < -1e-3  # the masked logits would give log 1 = 0
 
+
 def test_text_and_stop_strings_match_generate(tiny, tokenizer):
     prompts = ["Hello world.", "The quick brown", "Emoji 🤗 and"]
     llm = LLM(tiny, tokenizer=tokenizer, kv_cache_memory="32MiB")
