@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from llmkit.generate import decode_attention
+from llmkit.generate import decode_attention, prefill_attention
 from llmkit.generate.compile import compile_step
 from llmkit.generate.packed import PackedLinear
 
@@ -124,6 +124,10 @@ class ModelRunner:
         # the C++ decode kernel on CPU (built once per machine); None elsewhere or without a compiler
         self.kernel = (decode_attention.paged_decode_attention
                        if self.device.type == "cpu" and decode_attention.load() else None)
+        # the C++ prompt-attention kernel where this CPU and the model's heads take it
+        self.prefill_kernel = (prefill_attention.paged_prefill_attention
+                               if self.device.type == "cpu" and cfg.attention != "mla"
+                               and prefill_attention.supported(dtype, cfg.head_size, cfg.head_size) else None)
         self.steps: dict[int, Callable[..., torch.Tensor]] = {}  # batch bucket -> compiled decode step
         # batch bucket -> (its block tables, the table each row holds) for the compiled steps
         self.tables: dict[int, tuple[torch.Tensor, list[list[int]]]] = {}
@@ -172,7 +176,7 @@ class ModelRunner:
         dev = self.device
         paged = PagedMetadata(self.caches, torch.tensor(slots, device=dev), table_tensor.to(dev),
                               torch.tensor(lens, dtype=torch.int32, device=dev), qlens, lens,
-                              sum(1 for q in qlens if q == 1), masks, self.kernel)
+                              sum(1 for q in qlens if q == 1), masks, self.kernel, self.prefill_kernel)
         with self.lora_mapping.use(loras, dev), self.packed:
             logits = self.model(torch.tensor([ids], device=dev), position_ids=torch.tensor([positions], device=dev),
                                 paged=paged, logits_indices=torch.tensor(keep, dtype=torch.long, device=dev))[0].float()

@@ -38,6 +38,9 @@ class PagedMetadata:
             the causal one (lookahead decoding's branches); None or absent = causal.
         decode_kernel: the CPU kernel for the decode rows (``paged_decode_attention`` of
             ``llmkit.generate.decode_attention``, which the engine builds); None = gather + SDPA.
+        prefill_kernel: the CPU kernel for the prompt chunks (``paged_prefill_attention`` of
+            ``llmkit.generate.prefill_attention``), used for causal chunks over an unquantized pool;
+            None = SDPA, one sequence at a time.
     """
 
     caches: list[Any]
@@ -49,6 +52,7 @@ class PagedMetadata:
     num_decodes: int
     chunk_masks: dict[int, torch.Tensor] | None = None
     decode_kernel: Callable[..., torch.Tensor] | None = None
+    prefill_kernel: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass

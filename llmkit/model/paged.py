@@ -16,8 +16,9 @@ attend in one batched call, through the C++ kernel of
 ``PagedMetadata.decode_kernel``), flash-attn's paged kernel on
 CUDA when it is installed (and blocks hold a multiple of 256 slots), or a
 gather + SDPA elsewhere;
-prompt chunks attend one sequence at a time, causally over their cached
-prefix and themselves.
+prompt chunks attend causally over their cached prefix and themselves, all
+in one call of the C++ kernel of :mod:`llmkit.generate.prefill_attention` on
+CPU (``PagedMetadata.prefill_kernel``), else through SDPA one sequence at a time.
 
 A pool may be quantized (``kv_cache_dtype`` "int8" or "fp8", :mod:`llmkit.quant.kv`):
 codes plus a (num_blocks, block_size, Hkv) pool of fp32 scales. As with the static
@@ -150,6 +151,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: Pa
         longest = max(paged.host_context_lens[:nd]) if paged.host_context_lens is not None else None
         out[:nd] = decode_attention(q[:nd], cache.k, cache.v, paged.block_tables[:nd], paged.context_lens[:nd],
                                     longest, scale, paged.decode_kernel, cache.k_scale, cache.v_scale)
+    if (paged.prefill_kernel is not None and len(paged.query_lens) > nd and not paged.chunk_masks
+            and cache.k_scale is None and paged.host_context_lens is not None):  # every prompt chunk in one call
+        out[nd:] = paged.prefill_kernel(q[nd:], cache.k, cache.v, paged.block_tables[nd:], paged.query_lens[nd:],
+                                        paged.host_context_lens[nd:], scale)
+        return out
     for i, start, t, ctx in segments(paged, first=nd):  # prompt chunks
         if t == ctx and cache.k_scale is None:  # nothing cached before this chunk: its own K/V are the whole context
             ks, vs = k[start:start + t], v[start:start + t]
