@@ -173,67 +173,97 @@ inline void accumulate(float* __restrict acc, float corr, const float* __restric
   }
 }
 
+#if defined(__AVX512F__)
+// fp32 caches, and bf16 caches on CPUs with AVX512-BF16, with heads of 64 or 128 values take a direct route:
+// scores come from the stored K rows (bf16 by vdpbf16ps, two products per lane and instruction, where
+// widening to fp32 first costs a conversion per value and twice the multiply-adds), and each V row is
+// loaded (and widened) once in registers for a group of query rows, instead of once per query row
+// through a buffer (fp32 on a 2-core Zen 4: 60 paged sequences x 360 slots 2.21 against 3.21 ms per layer,
+// batch 1 over 3,000 slots 0.32 against 0.43 ms)
 #if defined(__AVX512BF16__)
-// bf16 caches with heads of 64 or 128 values take a faster route on CPUs with AVX512-BF16: scores come
-// from vdpbf16ps on the stored rows (two bf16 products per lane and instruction, where widening to fp32
-// first costs a conversion per value and twice the multiply-adds), and each V row is widened once in
-// registers for a group of query rows instead of once per query row through a buffer
-constexpr bool kBf16Route = true;
+constexpr bool kBf16Dot = true;
+#else
+constexpr bool kBf16Dot = false;
+#endif
+template <typename C>
+constexpr bool kDirect = std::is_same_v<C, float> || (kBf16Dot && std::is_same_v<C, at::BFloat16>);
 
+// one query row in registers, multiplied with stored K rows of its element type
+template <typename C, int64_t D>
+struct QueryRow {  // fp32
+  __m512 v[D / 16];
+  explicit QueryRow(const float* q) {
+    for (int64_t j = 0; j < D / 16; ++j) v[j] = _mm512_loadu_ps(q + 16 * j);
+  }
+  __m512 dot(const float* row) const {  // 16 lane sums of q . row
+    __m512 acc = _mm512_mul_ps(v[0], _mm512_loadu_ps(row));
+    for (int64_t j = 1; j < D / 16; ++j) acc = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(row + 16 * j), acc);
+    return acc;
+  }
+};
+
+#if defined(__AVX512BF16__)
 inline __m512bh bf16x32(const at::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
 
-// the 16 bf16 values at p as fp32 (bf16 is the top half of a float)
-inline __m512 bf16x16_to_float(const at::BFloat16* p) {
+template <int64_t D>
+struct QueryRow<at::BFloat16, D> {
+  __m512bh v[D / 32];
+  explicit QueryRow(const at::BFloat16* q) {
+    for (int64_t j = 0; j < D / 32; ++j) v[j] = bf16x32(q + 32 * j);
+  }
+  __m512 dot(const at::BFloat16* row) const {
+    __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), v[0], bf16x32(row));
+    for (int64_t j = 1; j < D / 32; ++j) acc = _mm512_dpbf16_ps(acc, v[j], bf16x32(row + 32 * j));
+    return acc;
+  }
+};
+#endif
+
+// 16 stored values from p as fp32 (bf16 is the top half of a float)
+inline __m512 float16x(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 float16x(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-// p[i * kBlock + t] = scale * q[i] . key(idx[t]) for the nq unscaled bf16 query rows q (nq, D); the K rows of
-// slots pf[0 .. n_pf) (the next block) are prefetched meanwhile
-template <int64_t D, typename Slots>
-inline void bf16_scores(const at::BFloat16* q, const Slots& sl, const int64_t* idx, int64_t n, int64_t nq,
-                        float scale, float* p, const int64_t* pf, int64_t n_pf) {
+// p[i * kBlock + t] = scale * q[i] . key(idx[t]) for the nq query rows q (nq, D) in the cache's element type;
+// the K rows of slots pf[0 .. n_pf) (the next block) are prefetched meanwhile
+template <int64_t D, typename Slots, typename C = typename Slots::Elem>
+inline void direct_scores(const C* q, const Slots& sl, const int64_t* idx, int64_t n, int64_t nq, float scale,
+                          float* p, const int64_t* pf, int64_t n_pf) {
+  constexpr int64_t line = 64 / sizeof(C);
   const __m512 sc = _mm512_set1_ps(scale);
   for (int64_t i = 0; i < nq; ++i) {
-    __m512bh qv[D / 32];
-    for (int64_t j = 0; j < D / 32; ++j) qv[j] = bf16x32(q + i * D + 32 * j);
+    const QueryRow<C, D> qr(q + i * D);
     float* pi = p + i * kBlock;
     int64_t t = 0;
     for (; t + 16 <= n; t += 16) {  // 16 rows at a time, their lane sums added by one tree
       __m512 v[16];
       if (i == 0)  // the next block's rows, a few at a time: a burst of prefetches stalls on the miss buffers
         for (int64_t r = t; r < std::min(t + 16, n_pf); ++r)
-          for (int64_t j = 0; j < D; j += 32) __builtin_prefetch(sl.key(pf[r]) + j, 0, kPrefetchLocality);
-      for (int r = 0; r < 16; ++r) {
-        const at::BFloat16* row = sl.key(idx[t + r]);
-        v[r] = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], bf16x32(row));
-        for (int64_t j = 1; j < D / 32; ++j) v[r] = _mm512_dpbf16_ps(v[r], qv[j], bf16x32(row + 32 * j));
-      }
+          for (int64_t j = 0; j < D; j += line) __builtin_prefetch(sl.key(pf[r]) + j, 0, kPrefetchLocality);
+      for (int r = 0; r < 16; ++r) v[r] = qr.dot(sl.key(idx[t + r]));
       _mm512_storeu_ps(pi + t, _mm512_mul_ps(sum16(v), sc));
     }
-    for (; t < n; ++t) {
-      const at::BFloat16* row = sl.key(idx[t]);
-      __m512 v = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], bf16x32(row));
-      for (int64_t j = 1; j < D / 32; ++j) v = _mm512_dpbf16_ps(v, qv[j], bf16x32(row + 32 * j));
-      pi[t] = scale * _mm512_reduce_add_ps(v);
-    }
+    for (; t < n; ++t) pi[t] = scale * _mm512_reduce_add_ps(qr.dot(sl.key(idx[t])));
   }
 }
 
 // acc[g] = acc[g] * corr[g] + sum_t p[g * kBlock + t] value(idx[t]) for G query rows, in registers; the V rows
 // of slots pf[0 .. n_pf) are prefetched meanwhile
 template <int64_t DV, int G, typename Slots>
-inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx, int64_t n,
-                    const int64_t* pf, int64_t n_pf) {
+inline void direct_pv(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx, int64_t n,
+                      const int64_t* pf, int64_t n_pf) {
+  constexpr int64_t line = 64 / sizeof(typename Slots::Elem);
   __m512 a[G][DV / 16];
   for (int g = 0; g < G; ++g)
     for (int64_t j = 0; j < DV / 16; ++j)
       a[g][j] = _mm512_mul_ps(_mm512_loadu_ps(acc + g * DV + 16 * j), _mm512_set1_ps(corr[g]));
   for (int64_t t = 0; t < n; ++t) {
     if (t < n_pf)
-      for (int64_t j = 0; j < DV; j += 32) __builtin_prefetch(sl.value(pf[t]) + j, 0, kPrefetchLocality);
-    const at::BFloat16* row = sl.value(idx[t]);
+      for (int64_t j = 0; j < DV; j += line) __builtin_prefetch(sl.value(pf[t]) + j, 0, kPrefetchLocality);
+    const auto* row = sl.value(idx[t]);
     __m512 v[DV / 16];
-    for (int64_t j = 0; j < DV / 16; ++j) v[j] = bf16x16_to_float(row + 16 * j);
+    for (int64_t j = 0; j < DV / 16; ++j) v[j] = float16x(row + 16 * j);
     for (int g = 0; g < G; ++g) {
       const __m512 w = _mm512_set1_ps(p[g * kBlock + t]);
       for (int64_t j = 0; j < DV / 16; ++j) a[g][j] = _mm512_fmadd_ps(w, v[j], a[g][j]);
@@ -243,18 +273,19 @@ inline void bf16_pv(float* acc, const float* corr, const float* p, const Slots& 
     for (int64_t j = 0; j < DV / 16; ++j) _mm512_storeu_ps(acc + g * DV + 16 * j, a[g][j]);
 }
 
-// every query row's bf16_pv, in groups that keep the accumulators in the 32 vector registers
+// every query row's direct_pv, in groups that keep the accumulators in the 32 vector registers
 template <int64_t DV, typename Slots>
-inline void bf16_pv_all(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx,
-                        int64_t n, int64_t nq, const int64_t* pf, int64_t n_pf) {
+inline void direct_pv_all(float* acc, const float* corr, const float* p, const Slots& sl, const int64_t* idx,
+                          int64_t n, int64_t nq, const int64_t* pf, int64_t n_pf) {
   constexpr int kGroup = DV <= 64 ? 4 : 2;
   int64_t i = 0;
   for (; i + kGroup <= nq; i += kGroup)  // the first group prefetches
-    bf16_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
-  for (; i < nq; ++i) bf16_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
+    direct_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
+  for (; i < nq; ++i) direct_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
 }
 #else
-constexpr bool kBf16Route = false;
+template <typename C>
+constexpr bool kDirect = false;
 #endif
 
 // Where a (batch, head)'s slots live. Static cache: rows of a contiguous (S, D) buffer, allowed by
@@ -329,38 +360,40 @@ inline int64_t allowed_slots(const Slots& slots, int64_t b0, int64_t s1, int64_t
 // Slots go in blocks, and a block's heads one after the other (a paged slot holds every head's row
 // side by side, so the reads go through memory in order): the allowed K rows are widened (and
 // dequantized) to fp32 once and scored against every query row, then the V rows likewise, so each
-// query's accumulator stays in registers (bf16 rows of 64 or 128 values skip the widening: kBf16Route).
+// query's accumulator stays in registers (fp32 and bf16 rows of 64 or 128 values skip the widening: kDirect).
 template <int64_t D, int64_t DV, typename Slots>
 void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Slots* slots, int64_t heads,
                   int64_t s0, int64_t s1, int64_t nq, int64_t d_, int64_t dv_, float* part, int64_t part_stride) {
   using C = typename Slots::Elem;
-  constexpr bool bf16_route =
-      kBf16Route && std::is_same_v<C, at::BFloat16> && D == DV && (D == 64 || D == 128);
+  constexpr bool direct = kDirect<C> && D == DV && (D == 64 || D == 128);
   const int64_t d = D > 0 ? D : d_, dv = DV > 0 ? DV : dv_;
   for (int64_t h = 0; h < heads; ++h) {
     float* ph = part + h * part_stride;
     std::fill(ph, ph + nq, kNoMax);
     std::fill(ph + nq, ph + nq * (dv + 2), 0.f);
   }
-  std::vector<float> rows(bf16_route ? 0 : kBlock * std::max(d, dv));
+  std::vector<float> rows(direct ? 0 : kBlock * std::max(d, dv));
   std::vector<float> p(nq * kBlock), corr(nq);
   int64_t idx[kBlock], next[kBlock];
   int64_t n = s0 < s1 ? allowed_slots(slots[0], s0, s1, idx) : 0;
   for (int64_t b0 = s0; b0 < s1; b0 += kBlock) {
     const int64_t n_next = b0 + kBlock < s1 ? allowed_slots(slots[0], b0 + kBlock, s1, next) : 0;
-    // a paged cache's next block: prefetched all at once, or row by row along the bf16 route (measured: 1.1-1.2x
+    // a paged cache's next block: prefetched all at once, or row by row along the direct route (measured: 1.1-1.2x
     // faster on scattered blocks; on a static cache's contiguous rows the hardware prefetcher does better alone)
-    if constexpr (Slots::kScattered && !bf16_route) prefetch(slots, heads, next, n_next, d, dv);
+    if constexpr (Slots::kScattered && !direct) prefetch(slots, heads, next, n_next, d, dv);
     const int64_t n_pf = Slots::kScattered ? n_next : 0;
     for (int64_t h = 0; h < heads && n > 0; ++h) {
       const Slots& sl = slots[h];
       float* m = part + h * part_stride;
       float* l = m + nq;
       float* acc = m + 2 * nq;
-#if defined(__AVX512BF16__)
-      if constexpr (bf16_route) bf16_scores<D>(qb + h * nq * d, sl, idx, n, nq, scale, p.data(), next, n_pf);
+#if defined(__AVX512F__)
+      if constexpr (direct && std::is_same_v<C, float>)  // fp32 queries come scaled
+        direct_scores<D>(qf + h * nq * d, sl, idx, n, nq, 1.f, p.data(), next, n_pf);
+      else if constexpr (direct)
+        direct_scores<D>(qb + h * nq * d, sl, idx, n, nq, scale, p.data(), next, n_pf);
 #endif
-      if constexpr (!bf16_route) {
+      if constexpr (!direct) {
         const float* qh = qf + h * nq * d;
         for (int64_t t = 0; t < n; ++t) widen(sl.key(idx[t]), sl.key_scale(idx[t]), rows.data() + t * d, d);
         for (int64_t i = 0; i < nq; ++i) dots<D>(qh + i * d, rows.data(), n, d, p.data() + i * kBlock);
@@ -379,10 +412,10 @@ void attend_chunk(const float* qf, const at::BFloat16* qb, float scale, const Sl
         l[i] = l[i] * corr[i] + sum;
         m[i] = mx;
       }
-#if defined(__AVX512BF16__)
-      if constexpr (bf16_route) bf16_pv_all<DV>(acc, corr.data(), p.data(), sl, idx, n, nq, next, n_pf);
+#if defined(__AVX512F__)
+      if constexpr (direct) direct_pv_all<DV>(acc, corr.data(), p.data(), sl, idx, n, nq, next, n_pf);
 #endif
-      if constexpr (!bf16_route) {
+      if constexpr (!direct) {
         for (int64_t t = 0; t < n; ++t) widen(sl.value(idx[t]), sl.value_scale(idx[t]), rows.data() + t * dv, dv);
         for (int64_t i = 0; i < nq; ++i)
           accumulate<DV>(acc + i * dv, corr[i], p.data() + i * kBlock, rows.data(), n, dv);
