@@ -11,7 +11,8 @@ cache, filled or not, and splits work by head only (3 tasks for 2 threads).
 ``decode_attention.cpp`` is the flash-decoding recipe written for this case:
 the slots up to the last one the mask allows are cut into equal chunks, each
 (batch, head, chunk) task runs an online softmax over its allowed slots with
-vectorised fp32 arithmetic (bf16/fp16 caches are widened row by row), and the
+vectorised fp32 arithmetic (fp32 rows, and bf16 rows on CPUs with AVX512-BF16,
+are read as stored; other caches are widened row by row), and the
 chunks' partial sums are merged by their running maxima. In SmolLM2's
 compiled bf16 step it takes about 50 us per layer against the fused kernel's
 160 us (``benchmarks/generate.py`` shows the whole-step effect).

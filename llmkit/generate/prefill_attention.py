@@ -1,7 +1,7 @@
 """A C++ flash-attention kernel for the prompt chunks of an engine step on CPU.
 
 An engine step attends each prompt chunk causally over its sequence's cached
-prefix and itself. torch's CPU flash attention reaches 26-33 GFLOP/s on
+prefix and itself. torch's CPU flash attention reaches 26-68 GFLOP/s on
 SmolLM2's prompt shapes (9 query heads over 3 K/V heads of 64 dims, 128-512
 tokens, bf16 or fp32, 2 Zen 4 cores), which made prompt attention about a
 quarter of a prefill step's time. ``prefill_attention.cpp`` is the flash
@@ -47,8 +47,10 @@ def _shape(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_ta
 
 
 def supported(dtype: torch.dtype, head_dim: int, v_head_dim: int) -> bool:
-    """Whether the kernel takes CPU queries and unquantized pools of ``dtype`` with these head sizes on this machine."""
-    return load() and torch.ops.llmkit.paged_prefill_supported(dtype, head_dim, v_head_dim)
+    """Whether the kernel takes CPU queries and unquantized pools of ``dtype`` with these head sizes on this machine
+    (a CPU without AVX-512 does not build it at all)."""
+    return (torch.backends.cpu.get_cpu_capability() == "AVX512" and load()
+            and torch.ops.llmkit.paged_prefill_supported(dtype, head_dim, v_head_dim))
 
 
 def paged_prefill_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_tables: torch.Tensor,
