@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.model import fused
 from llmkit.model.activation import get_activation
 
 
@@ -18,6 +19,7 @@ class MLP(nn.Module):
         hidden = hidden or cfg.ffn_dim
         self.gated = cfg.gated_mlp
         self.act = get_activation(cfg.activation)
+        self.silu = cfg.activation == "silu"
         if self.gated:
             self.gate_proj = nn.Linear(cfg.dim, hidden, bias=cfg.mlp_bias)
         self.up_proj = nn.Linear(cfg.dim, hidden, bias=cfg.mlp_bias)
@@ -25,5 +27,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         if self.gated:
+            if self.silu:  # SwiGLU: one fused pass at inference on the CPU
+                gate, up = self.gate_proj(x), self.up_proj(x)
+                if fused.applies(gate, up) and gate.is_contiguous() and up.is_contiguous():
+                    return self.down_proj(fused.silu_mul(gate, up))
+                return self.down_proj(self.act(gate) * up)
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(self.act(self.up_proj(x)))

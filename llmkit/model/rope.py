@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig, yarn_mscale
+from llmkit.model import fused
 
 
 def _base_inv_freq(theta: float | torch.Tensor, d: int) -> torch.Tensor:
@@ -142,6 +143,10 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str = "half") -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` dims of x (B, H, T, D) by the angles in cos/sin (B, T, R)."""
+    if (x.dim() == 4 and x.stride(-1) == 1 and cos.shape == sin.shape == (x.shape[0], x.shape[2], cos.shape[-1])
+            and cos.dtype == sin.dtype == torch.float32 and cos.is_contiguous() and sin.is_contiguous()
+            and fused.applies(x)):  # one fused pass at inference on the CPU
+        return fused.rope(x, cos, sin, layout != "half")
     r = cos.shape[-1]
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # broadcast over heads
     rot, rest = x[..., :r], x[..., r:]

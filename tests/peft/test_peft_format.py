@@ -51,6 +51,15 @@ def _randomise(params, seed=3):
             p.add_(0.3 * torch.randn(p.shape, generator=g))
 
 
+def assert_logits_match(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal to 1e-4 of the logits' scale. This random model (weights of std 0.25, randomised adapters)
+    amplifies fp32 rounding to ~2e-4 in logits of ~7 where two implementations sum in different orders,
+    as our fused CPU inference kernels (llmkit.model.fused) and torch's eager ops do; a wrong adapter
+    moves them by more than 0.1."""
+    err, scale = (got - expected).abs().max().item(), expected.abs().max().item()
+    assert err <= 1e-4 * max(scale, 1.0), f"logits differ by {err:.3g} at a scale of {scale:.3g}"
+
+
 def _ours_kwargs(kw):
     return dict(target_modules=kw["target_modules"], r=4, alpha=8, dropout=kw.get("lora_dropout", 0.0),
                 use_rslora=kw.get("use_rslora", False), use_dora=kw.get("use_dora", False))
@@ -69,7 +78,7 @@ def test_our_adapter_loads_in_peft(variant, checkpoint, ids, tmp_path):
         got = ours(ids)
         with disable_adapters(ours):
             base = ours(ids)
-    assert (got - expected).abs().max().item() <= 1e-4
+    assert_logits_match(got, expected)
     assert (got - base).abs().max().item() > 0.1  # the adapter really changes the output
 
 
@@ -82,7 +91,7 @@ def test_peft_adapter_loads_in_ours(variant, checkpoint, ids, tmp_path):
     ours = load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path).eval()
     theirs.eval()
     with torch.no_grad():
-        assert (ours(ids) - theirs(input_ids=ids).logits).abs().max().item() <= 1e-4
+        assert_logits_match(ours(ids), theirs(input_ids=ids).logits)
     assert all("lora_" in n for n, p in ours.named_parameters() if p.requires_grad)
 
 
@@ -95,8 +104,8 @@ def test_ia3_round_trips_through_peft(checkpoint, ids, tmp_path):
     again = load_adapter(CausalLM.from_pretrained(checkpoint), tmp_path / "theirs").eval()
     with torch.no_grad():
         expected = theirs(input_ids=ids).logits
-        assert (ours(ids) - expected).abs().max().item() <= 1e-4
-        assert (again(ids) - expected).abs().max().item() <= 1e-4
+        assert_logits_match(ours(ids), expected)
+        assert_logits_match(again(ids), expected)
 
 
 def test_regex_targets_select_exactly_the_wrapped_modules(checkpoint, ids, tmp_path):
@@ -107,7 +116,7 @@ def test_regex_targets_select_exactly_the_wrapped_modules(checkpoint, ids, tmp_p
     theirs = peft.PeftModel.from_pretrained(_hf(checkpoint), tmp_path).eval()
     assert sum("lora_A" in n for n, _ in theirs.named_parameters()) == 1
     with torch.no_grad():
-        assert (ours(ids) - theirs(input_ids=ids).logits).abs().max().item() <= 1e-4
+        assert_logits_match(ours(ids), theirs(input_ids=ids).logits)
 
 
 def test_unsupported_and_broken_files_are_refused(checkpoint, tmp_path):
@@ -142,7 +151,7 @@ def test_our_virtual_tokens_load_in_peft(method, checkpoint, ids, tmp_path):
         with disable_adapters(ours):
             base = ours(ids)
     assert got.shape == expected.shape == ids.shape + (HF_CFG["vocab_size"],)
-    assert (got - expected).abs().max().item() <= 1e-4
+    assert_logits_match(got, expected)
     assert (got - base).abs().max().item() > 0.1
 
 
@@ -157,7 +166,7 @@ def test_peft_virtual_tokens_load_in_ours(kind, checkpoint, ids, tmp_path):
     with torch.no_grad():
         expected = theirs.eval()(input_ids=ids).logits[:, -ids.shape[1]:]
         got = ours(ids)
-    assert (got - expected).abs().max().item() <= 1e-4
+    assert_logits_match(got, expected)
     assert {n for n, p in ours.named_parameters() if p.requires_grad} == (
         {"prefix_encoder.embedding"} if kind == "PREFIX_TUNING" else {"base_model.model.embed_tokens.prompt_embeddings"})
 
