@@ -281,7 +281,14 @@ inline void direct_pv_all(float* acc, const float* corr, const float* p, const S
   int64_t i = 0;
   for (; i + kGroup <= nq; i += kGroup)  // the first group prefetches
     direct_pv<DV, kGroup>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
-  for (; i < nq; ++i) direct_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, i == 0 ? n_pf : 0);
+  // the rest in one group too (SmolLM2's 3 query heads per K/V head): each V row widened once, not once per row
+  // (bf16, 60 sequences x 330 slots from cache, one Zen 4 core: 0.95 against 1.08 ms per layer)
+  const int64_t rest = nq - i, rest_pf = i == 0 ? n_pf : 0;
+  if constexpr (kGroup == 4) {
+    if (rest == 3) return direct_pv<DV, 3>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, rest_pf);
+    if (rest == 2) return direct_pv<DV, 2>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, rest_pf);
+  }
+  if (rest == 1) direct_pv<DV, 1>(acc + i * DV, corr + i, p + i * kBlock, sl, idx, n, pf, rest_pf);
 }
 #else
 template <typename C>

@@ -73,7 +73,7 @@ def test_half_precision_accumulates_in_fp32(dtype):
 
 
 @built
-@pytest.mark.parametrize("d,t", [(64, 3), (64, 5), (128, 3)])  # query rows in full groups and a remainder
+@pytest.mark.parametrize("d,t", [(64, 2), (64, 3), (64, 5), (64, 6), (128, 3)])  # full groups and every remainder
 def test_bf16_rows_of_64_and_128_are_as_accurate_as_torch(d, t):
     """bf16 caches of these head sizes score with bf16 dot products on CPUs that have them (kBf16Route):
     holes in the mask, ragged blocks and poisoned disallowed slots, against fp64 and torch's own error."""
