@@ -45,10 +45,15 @@ def applies(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels take these tensors: inference (grad mode off: ``torch.no_grad`` or
     ``torch.inference_mode``), on the CPU, all fp32 or all bf16, not inside ``torch.compile``, and the library
     built. Grad mode, not ``requires_grad``, decides, so one forward takes one path for every module."""
+    if torch.is_grad_enabled():
+        return False
     dtype = tensors[0].dtype
-    return (not torch.is_grad_enabled() and dtype in (torch.float32, torch.bfloat16)
-            and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
-            and not torch.compiler.is_compiling() and load())
+    if dtype not in (torch.float32, torch.bfloat16):
+        return False
+    for t in tensors:
+        if t.dtype != dtype or t.device.type != "cpu":
+            return False
+    return not torch.compiler.is_compiling() and load()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
