@@ -27,10 +27,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         if self.gated:
-            if self.silu:  # SwiGLU: one fused pass at inference on the CPU
-                gate, up = self.gate_proj(x), self.up_proj(x)
-                if fused.applies(gate, up) and gate.is_contiguous() and up.is_contiguous():
-                    return self.down_proj(fused.silu_mul(gate, up))
-                return self.down_proj(self.act(gate) * up)
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+            if self.silu and gate.is_contiguous() and up.is_contiguous() and fused.applies(gate, up):
+                return self.down_proj(fused.silu_mul(gate, up))  # SwiGLU in one pass at inference on the CPU
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))
