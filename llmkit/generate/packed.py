@@ -17,8 +17,9 @@ on the packed copy. It swaps the layers' ``forward`` for the duration and puts
 them back after: a ``TorchFunctionMode`` did the same by intercepting
 ``F.linear``, but a mode runs Python for every torch call of the forward (some
 4,000 in a SmolLM2 step), which cost 7-10 ms of a ~38 ms batch-1 engine step.
-A weight changed in place afterwards (its version counter moves) or replaced
-is packed again on its next use, so the product never reads stale weights.
+A weight changed in place afterwards (its version counter moves) is packed
+again on its next use, and a replaced one runs unpacked, so the product never
+reads stale weights.
 Calls that need gradients, or inputs of another dtype or device, take
 ``F.linear`` unchanged. Dynamo cannot trace the packed tensors, so it is an
 eager-mode tool: the compiled decode steps have :mod:`llmkit.generate.rowwise`

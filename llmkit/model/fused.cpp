@@ -13,12 +13,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 namespace {
 
 constexpr int64_t kGrain = 32768;  // values per thread at least: smaller ops run on one thread
+
+// rows of `width` values per parallel task, for kGrain values at least
+inline int64_t rows_per_task(int64_t width) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(width, 1)); }
 
 inline float widen(float x) { return x; }
 inline float widen(uint16_t x) {
@@ -89,7 +93,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
     const S* xs = data<S>(x);
     const S* ws = data<S>(weight);
     S* os = data<S>(out);
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(dim, 1)), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, rows_per_task(dim), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const S* xr = xs + r * dim;
         S* o = os + r * dim;
@@ -146,7 +150,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const float* cs = cos.data_ptr<float>();
     const float* ss = sin.data_ptr<float>();
     const int64_t half = r / 2;
-    at::parallel_for(0, b * t, std::max<int64_t>(1, kGrain / std::max<int64_t>(h * d, 1)), [&](int64_t p0, int64_t p1) {
+    at::parallel_for(0, b * t, rows_per_task(h * d), [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t bi = p / t, ti = p % t;
         const float* c = cs + p * r;

@@ -35,6 +35,7 @@ def test_rms_norm_matches_eager_and_float64(dtype, rows):
         want64 = norm.weight.double() * xf / (xf.pow(2).mean(-1, keepdim=True) + 1e-2).sqrt()
     eager = norm(x.requires_grad_())  # autograd on: the eager formula
     assert got.dtype == dtype and got.shape == x.shape
+    assert torch.equal(got, fused.rms_norm(x.detach(), norm.weight.detach(), 1e-2))  # the module took the kernel
     # rounded twice like eager (after the scaling, after the weight): within 2 units of the last place
     assert ulps(got, want64.to(dtype)).max() <= 2
     assert ulps(got, eager.detach()).max() <= (1 if dtype == torch.bfloat16 else 4)
@@ -48,7 +49,7 @@ def test_silu_mul_matches_eager(dtype):
     gate, up = mlp.gate_proj(x).detach(), mlp.up_proj(x).detach()
     got = fused.silu_mul(gate * 8, up)  # large arguments too: the clamped exp
     eager = F.silu(gate * 8) * up
-    assert ulps(got, eager).max() <= (1 if dtype == torch.bfloat16 else 8)
+    assert ulps(got, eager).max() <= (1 if dtype == torch.bfloat16 else 3)  # a Cody-Waite exp: ~1 ulp
     with torch.no_grad():
         assert torch.equal(mlp(x), mlp.down_proj(fused.silu_mul(gate, up)))  # the module takes the kernel
 
