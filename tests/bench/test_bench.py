@@ -1,7 +1,9 @@
 """``llmkit bench`` against a live tiny server on loopback: workload lengths, the fixed ITL, the files it writes."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -104,3 +106,58 @@ def test_cli(server, tmp_path, capsys):
     assert (out / "summary.json").is_file() and "p50 ttft" in capsys.readouterr().out
     assert main(["bench", "--url", "ftp://x", "--num_requests", "1"]) == 2
     assert main(["bench", "--input_tokens", "zero"]) == 2
+
+
+class DroppingServer:
+    """A keep-alive HTTP server on 127.0.0.1 that answers ``answered`` requests per connection with a one-chunk
+    chat stream, then closes the connection on the next request without a response (llama.cpp's server does
+    this to a pooled connection after a streamed response); counts the requests it read."""
+
+    def __init__(self, answered: int):
+        self.answered, self.requests = answered, 0
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(asyncio.start_server(self.handle, "127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:  # the client closed the connection
+                return
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            await reader.readexactly(length)
+            self.requests += 1
+            if served == self.answered:
+                writer.close()
+                return
+            chunk = {"choices": [{"index": 0, "delta": {"content": "hi there"}}],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+            body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            served += 1
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("answered, errors, attempts", [(1, 0, 5), (0, 3, 6)])
+def test_a_dropped_pooled_connection_is_retried_once(answered, errors, attempts):
+    """A request whose connection closes before any response is sent again on a new one (the server never saw
+    it answered, so it is not the server's error); a second drop is an error."""
+    server = DroppingServer(answered)
+    try:
+        cfg = BenchConfig(server.url, model="m", concurrency=(1,), num_requests=3, input_tokens=(10, 0),
+                          output_tokens=(2, 0), timeout_s=10)
+        run = run_bench(cfg)["runs"][0]
+    finally:
+        server.close()
+    assert run["num_completed_requests"] == 3 - errors and server.requests == attempts
+    assert run["error_codes"] == ({"-1": errors} if errors else {})
