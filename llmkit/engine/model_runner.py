@@ -18,7 +18,9 @@ context; padded rows write their K/V to one spare block that no sequence owns.
 Each bucket compiles once, on first use or in :meth:`ModelRunner.warmup`;
 ``compile_max_batch`` limits compilation to the small buckets (on CPU the
 compiled step pays at batch 1, where per-op overhead dominates, and not at 64,
-where the GEMMs and the attention kernel do).
+where the GEMMs and the attention kernel do). On CPU those steps stream the
+weights at the memory's bandwidth, so the runner moves them onto huge pages
+first (:mod:`llmkit.generate.huge_pages`).
 
 Multi-LoRA: a feed names its adapter slot; the runner hands the step's
 per-token slots to the model's :class:`~llmkit.peft.multi_lora.MultiLoRALinear`
@@ -35,6 +37,7 @@ import torch
 
 from llmkit.generate import decode_attention, prefill_attention
 from llmkit.generate.compile import compile_step
+from llmkit.generate.huge_pages import move_to_huge_pages
 from llmkit.generate.packed import PackedLinear
 
 from llmkit.model import CausalLM
@@ -121,6 +124,8 @@ class ModelRunner:
         self.table_width = -(-cfg.max_seq_len // block_size) + 1
         top = next((b for b in BATCH_BUCKETS if b >= compile_max_batch), BATCH_BUCKETS[-1])
         self.compiled_buckets = tuple(b for b in BATCH_BUCKETS if b <= top) if compile else ()
+        if self.compiled_buckets and self.device.type == "cpu":
+            move_to_huge_pages(model)
         # the C++ decode kernel on CPU (built once per machine); None elsewhere or without a compiler
         self.kernel = (decode_attention.paged_decode_attention
                        if self.device.type == "cpu" and decode_attention.load() else None)

@@ -4,7 +4,9 @@ import warnings
 import pytest
 
 from llmkit.engine import LLMEngine, SamplingParams
+from llmkit.generate.huge_pages import huge_pages_available
 from tests.engine.conftest import naive, run_arrivals, workload
+from tests.generate.test_huge_pages import vm_flags
 
 CONFIGS = {
     "default": dict(),
@@ -89,6 +91,8 @@ def test_compiled_decode_steps_equal_eager(tiny, tokenizer):
                         got[out.request_id] = out.outputs[0].token_ids
         assert got == {str(i): naive(tiny, p, n, ()) for i, (p, n) in enumerate(zip(prompts, lengths))}
     assert set(engine.runner.steps) == {1, 2}  # decode-only steps of two rows, then of one, were compiled
+    if huge_pages_available():  # and they read the weights from huge pages
+        assert all("hg" in vm_flags(p.data_ptr()) for p in tiny.parameters())
 
 
 @pytest.mark.slow
