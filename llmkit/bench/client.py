@@ -28,8 +28,8 @@ import httpx
 from llmkit.bench.workload import RequestSpec
 
 TRANSPORT_ERROR = -1  # error_code of a request that got no HTTP response (refused, reset, timed out)
-# a connection that dropped before the response began: the symptom of a stale pooled keep-alive connection
-_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# a dropped connection; before any response, the symptom of a stale pooled keep-alive connection
+_DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Failed(Exception):
@@ -117,7 +117,7 @@ async def _attempt(client: httpx.AsyncClient, body: dict[str, Any], stream: bool
             usage = data.get("usage")
             text.append(data["choices"][0]["message"].get("content") or "")
             chunks = 1
-    except _STALE as e:
+    except _DROPPED as e:
         if not answered:
             raise _Stale() from e
         raise _Failed(TRANSPORT_ERROR, f"{type(e).__name__}: {e}") from e

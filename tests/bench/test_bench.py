@@ -122,30 +122,33 @@ class DroppingServer:
         self.thread.start()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        served = 0
-        while True:
-            try:
+        try:
+            served = 0
+            while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:  # the client closed the connection
-                return
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            await reader.readexactly(length)
-            self.requests += 1
-            if served == self.answered:
-                writer.close()
-                return
-            chunk = {"choices": [{"index": 0, "delta": {"content": "hi there"}}],
-                     "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
-            body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            await writer.drain()
-            served += 1
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                await reader.readexactly(length)
+                self.requests += 1
+                if served == self.answered:
+                    return
+                chunk = {"choices": [{"index": 0, "delta": {"content": "hi there"}}],
+                         "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+                body = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nKeep-Alive: timeout=5\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+                served += 1
+        except asyncio.IncompleteReadError:  # the client closed the connection
+            pass
+        finally:
+            writer.close()
 
     def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 @pytest.mark.parametrize("answered, errors, attempts", [(1, 0, 5), (0, 3, 6)])

@@ -54,13 +54,16 @@ def test_move_keeps_values_parameters_and_ties():
 
 
 @needs_thp
-def test_views_stay_and_unavailable_thp_moves_nothing(monkeypatch, tmp_path):
+def test_views_stay():
     flat = torch.zeros(100)
     layer = torch.nn.Linear(10, 5)
     layer.weight = torch.nn.Parameter(flat[:50].view(5, 10))  # shares storage with `flat`: must not move
     ptr = layer.weight.data_ptr()
     move_to_huge_pages(layer)
     assert layer.weight.data_ptr() == ptr and "hg" in vm_flags(layer.bias.data_ptr())
+
+
+def test_unavailable_thp_moves_nothing(monkeypatch, tmp_path):
     never = tmp_path / "enabled"
     never.write_text("always madvise [never]\n")
     monkeypatch.setattr(huge_pages, "THP_MODE", never)
